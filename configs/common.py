@@ -63,7 +63,6 @@ def model_config(preset: str) -> ml_collections.ConfigDict:
   c.dtype = "float32"           # compute dtype; "bfloat16" on accelerators
   c.param_dtype = "float32"     # master weights
   c.remat = "none"              # "none" | "dots" | "full"
-  c.scan_layers = True
   c.attention = "xla"           # "xla" (reference) | "cudnn" | ...
   return c
 
