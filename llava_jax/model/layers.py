@@ -1,0 +1,125 @@
+"""Building blocks shared by the vision tower and the decoder.
+
+Einsum letters:
+  B batch, T query length, S key length (cache slots), D model width,
+  H query heads, K key/value heads, G query heads per key/value head (H = K * G),
+  Dh head width.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# HF initialises every linear layer and embedding with normal(0.02).
+default_init = nn.initializers.normal(stddev=0.02)
+
+
+def partitioned(init, axes: Sequence[str | None]):
+  """An initializer whose parameter carries logical axis names."""
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def dense(features, axes: Sequence[str | None], *, in_axis=-1, use_bias=True, dtype=None,
+          param_dtype=jnp.float32, name=None) -> nn.DenseGeneral:
+  """DenseGeneral with logical axes on kernel (`axes`) and bias (the output axes)."""
+  n_out = 1 if isinstance(features, int) else len(features)
+  return nn.DenseGeneral(
+      features=features, axis=in_axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=partitioned(default_init, axes),
+      bias_init=partitioned(nn.initializers.zeros_init(), axes[-n_out:]),
+      name=name)
+
+
+def layer_norm(axis_name: str, eps: float, dtype, param_dtype, name=None) -> nn.LayerNorm:
+  """LayerNorm as torch computes it (two-pass variance), with logical axes on scale and bias."""
+  return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+      scale_init=partitioned(nn.initializers.ones_init(), (axis_name,)),
+      bias_init=partitioned(nn.initializers.zeros_init(), (axis_name,)), name=name)
+
+
+class RMSNorm(nn.Module):
+  """LLaMA RMSNorm: normalise in float32, cast back, then scale (HF order of operations)."""
+  eps: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    scale_D = self.param("scale", partitioned(nn.initializers.ones_init(), ("embed",)),
+                         (x_BxTxD.shape[-1],), self.param_dtype)
+    x = x_BxTxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+    return scale_D.astype(self.dtype) * x.astype(self.dtype)
+
+
+def rope_tables(positions_BxT, head_dim: int, theta: float, scaling_factor: float):
+  """cos/sin tables float32[B, T, Dh] in HF's rotate-half layout (both halves share freqs)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  # Linear scaling ("position interpolation") divides positions, as HF's "linear" rope type.
+  t_BxT = positions_BxT.astype(jnp.float32) / scaling_factor
+  freqs_BxTxF = jnp.einsum("bt,f->btf", t_BxT, inv_freq)
+  emb = jnp.concatenate([freqs_BxTxF, freqs_BxTxF], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_BxTxHxDh, cos_BxTxDh, sin_BxTxDh):
+  """x * cos + rotate_half(x) * sin, computed in float32."""
+  x = x_BxTxHxDh.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos_BxTxDh[:, :, None, :], sin_BxTxDh[:, :, None, :]
+  return (x * cos + rotated * sin).astype(x_BxTxHxDh.dtype)
+
+
+def attention_mask(q_segment_BxT, k_segment_BxS, q_slot_BxT=None, k_slot_BxS=None):
+  """bool[B, T, S]: same non-zero segment and, when slots are given, key slot <= query slot.
+
+  Slots are cache indices (or plain positions in the sequence); without them the mask is
+  bidirectional (vision tower).
+  """
+  mask = (q_segment_BxT[:, :, None] == k_segment_BxS[:, None, :])
+  mask &= (q_segment_BxT[:, :, None] != 0)
+  if q_slot_BxT is not None:
+    mask &= k_slot_BxS[:, None, :] <= q_slot_BxT[:, :, None]
+  return mask
+
+
+def dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, implementation="xla"):
+  """Softmax attention with grouped key/value heads. Returns [B, T, H, Dh] in q's dtype.
+
+  `mask_BxTxS` is None (no masking) or bool. Rows with no allowed key (padding queries) get a
+  uniform distribution instead of NaNs; their outputs are never used.
+  """
+  if implementation == "cudnn":
+    mask = None if mask_BxTxS is None else mask_BxTxS[:, None, :, :]
+    return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask,
+                                        implementation="cudnn")
+  if implementation != "xla":
+    raise ValueError(f"model.attention: unknown implementation {implementation!r} "
+                     "(expected 'xla' or 'cudnn')")
+  b, t, h, dh = q_BxTxHxDh.shape
+  kv = k_BxSxKxDh.shape[2]
+  q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, h // kv, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
+                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(dh))
+  if mask_BxTxS is not None:
+    scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxDh.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxDh)
+  return out.reshape(b, t, h, dh)
+
+
+def remat_policy(name: str):
+  """(use_remat, jax checkpoint policy) for the config's `remat` string."""
+  if name == "none":
+    return False, None
+  if name == "dots":
+    return True, jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  if name == "full":
+    return True, jax.checkpoint_policies.nothing_saveable
+  raise ValueError(f"model.remat: unknown policy {name!r} (expected 'none', 'dots' or 'full')")

@@ -1,0 +1,183 @@
+"""LLaMA-style decoder: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU, scanned layers.
+
+Einsum letters: B batch, T query tokens, S key slots (T, or the KV-cache length), D width,
+H query heads, K key/value heads, Dh head width, F mlp width, V vocabulary, L layers.
+
+KV cache: a plain dict of arrays that the caller passes in and gets back (see `init_cache`):
+  k, v         [L, B, S, K, Dh]  keys (after RoPE) and values per layer and slot
+  segment_ids  int32[B, S]       segment id of each filled slot, 0 = empty or padding
+  index        int32[]           next slot to write; the T new tokens go to [index, index + T)
+A query in slot i attends to the slots j <= i whose segment id equals its own (non-zero) one,
+so left-padded prompts (padding = segment 0) decode in one batch with explicit positions.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llava_jax.model import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  vocab_size: int
+  dim: int
+  layers: int
+  heads: int
+  kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  max_len: int = 4096
+  norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  rope_scaling_factor: float = 1.0
+  tie_embeddings: bool = False
+
+
+def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
+  """An empty KV cache with `max_len` slots (see the module docstring)."""
+  shape = (cfg.layers, batch, max_len, cfg.kv_heads, cfg.head_dim)
+  return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+              segment_ids=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+
+class Attention(nn.Module):
+  """Causal GQA self-attention with RoPE; optionally reads/writes one layer's KV cache."""
+  cfg: DecoderConfig
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+  implementation: str
+
+  @nn.compact
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, cache_index, layer_cache):
+    cfg = self.cfg
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    q = layers.dense((cfg.heads, cfg.head_dim), ("embed", "heads", "head_dim"), name="q",
+                     **kw)(x_BxTxD)
+    k = layers.dense((cfg.kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k",
+                     **kw)(x_BxTxD)
+    v = layers.dense((cfg.kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v",
+                     **kw)(x_BxTxD)
+    q_BxTxHxDh = layers.apply_rope(q, cos_BxTxDh, sin_BxTxDh)
+    k_BxTxKxDh = layers.apply_rope(k, cos_BxTxDh, sin_BxTxDh)
+    q_BxTxHxDh = nn.with_logical_constraint(q_BxTxHxDh, ("batch", "length", "act_heads", None))
+    new_cache = None
+    if layer_cache is not None:
+      # Write the new keys/values into their slots, then attend over the whole cache.
+      k_BxSxKxDh = jax.lax.dynamic_update_slice_in_dim(
+          layer_cache["k"], k_BxTxKxDh.astype(layer_cache["k"].dtype), cache_index, axis=1)
+      v_BxSxKxDh = jax.lax.dynamic_update_slice_in_dim(
+          layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, axis=1)
+      new_cache = dict(k=k_BxSxKxDh, v=v_BxSxKxDh)
+      k_BxTxKxDh = k_BxSxKxDh.astype(self.dtype)
+      v = v_BxSxKxDh.astype(self.dtype)
+    o_BxTxHxDh = layers.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v, mask_BxTxS,
+                                              self.implementation)
+    out = layers.dense(cfg.dim, ("heads", "head_dim", "embed"), in_axis=(-2, -1), name="o",
+                       **kw)(o_BxTxHxDh)
+    return out, new_cache
+
+
+class Mlp(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  cfg: DecoderConfig
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    gate = layers.dense(self.cfg.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x_BxTxD)
+    up = layers.dense(self.cfg.mlp_dim, ("embed", "mlp"), name="up", **kw)(x_BxTxD)
+    h_BxTxF = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return layers.dense(self.cfg.dim, ("mlp", "embed"), name="down", **kw)(h_BxTxF)
+
+
+class DecoderBlock(nn.Module):
+  """x + attn(attn_norm(x)); x + mlp(mlp_norm(x)). Scanned over layers (carry = x)."""
+  cfg: DecoderConfig
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+  implementation: str
+
+  @nn.compact
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, cache_index, layer_cache):
+    cfg, dt, pdt = self.cfg, self.dtype, self.param_dtype
+    h = layers.RMSNorm(cfg.norm_eps, dt, pdt, name="attn_norm")(x_BxTxD)
+    h, new_cache = Attention(cfg, dt, pdt, self.implementation, name="attn")(
+        h, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, cache_index, layer_cache)
+    x_BxTxD = x_BxTxD + h
+    h = layers.RMSNorm(cfg.norm_eps, dt, pdt, name="mlp_norm")(x_BxTxD)
+    x_BxTxD = x_BxTxD + Mlp(cfg, dt, pdt, name="mlp")(h)
+    return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed")), new_cache
+
+
+class Decoder(nn.Module):
+  """Token embeddings -> scanned decoder blocks -> final norm -> LM head."""
+  cfg: DecoderConfig
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  remat: str = "none"
+  attention: str = "xla"
+
+  def setup(self):
+    cfg, dt, pdt = self.cfg, self.dtype, self.param_dtype
+    self.embed = nn.Embed(
+        cfg.vocab_size, cfg.dim, dtype=dt, param_dtype=pdt,
+        embedding_init=layers.partitioned(layers.default_init, ("vocab", "embed")))
+    block = DecoderBlock
+    use_remat, policy = layers.remat_policy(self.remat)
+    if use_remat:
+      block = nn.remat(block, policy=policy, prevent_cse=False)
+    self.layers = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})(cfg, dt, pdt, self.attention)
+    self.final_norm = layers.RMSNorm(cfg.norm_eps, dt, pdt)
+    if not cfg.tie_embeddings:
+      self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,
+                                  param_dtype=pdt)
+
+  def embed_tokens(self, ids_BxT):
+    x_BxTxD = self.embed(ids_BxT)
+    return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+
+  def logits(self, h_BxTxD):
+    """float32[B, T, V] from final-norm hidden states."""
+    if self.cfg.tie_embeddings:
+      logits = self.embed.attend(h_BxTxD)
+    else:
+      logits = self.lm_head(h_BxTxD)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, cache=None, return_hidden=False):
+    """Embeddings [B, T, D] -> (logits float32[B, T, V] or hidden [B, T, D], updated cache).
+
+    The cache is None (training / scoring) or a dict from `init_cache`.
+    """
+    cos, sin = layers.rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta,
+                                  self.cfg.rope_scaling_factor)
+    t = x_BxTxD.shape[1]
+    if cache is None:
+      slots_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids_BxT.shape)
+      mask_BxTxS = layers.attention_mask(segment_ids_BxT, segment_ids_BxT, slots_BxT, slots_BxT)
+      index, layer_caches, new_cache = None, None, None
+    else:
+      index = cache["index"]
+      cache_segments_BxS = jax.lax.dynamic_update_slice_in_dim(
+          cache["segment_ids"], segment_ids_BxT.astype(jnp.int32), index, axis=1)
+      b, s = cache_segments_BxS.shape
+      q_slots_BxT = jnp.broadcast_to(index + jnp.arange(t, dtype=jnp.int32), (b, t))
+      k_slots_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+      mask_BxTxS = layers.attention_mask(segment_ids_BxT, cache_segments_BxS, q_slots_BxT,
+                                         k_slots_BxS)
+      layer_caches = dict(k=cache["k"], v=cache["v"])
+      new_cache = dict(segment_ids=cache_segments_BxS, index=index + t)
+    x_BxTxD, layer_caches = self.layers(x_BxTxD, cos, sin, mask_BxTxS, index, layer_caches)
+    if new_cache is not None:
+      new_cache.update(layer_caches)
+    h_BxTxD = self.final_norm(x_BxTxD)
+    out = h_BxTxD if return_hidden else self.logits(h_BxTxD)
+    return out, new_cache
