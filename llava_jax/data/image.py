@@ -1,0 +1,202 @@
+"""Image decoding and CLIP preprocessing (numpy + Pillow; no JAX, safe in Grain workers).
+
+Decoding (`load_image`, `decode_image`):
+- The format is detected from the content, never from the file name. A file whose content does
+  not match its extension (a GIF named `.jpg`) is rejected by default with an `ImageError` of kind
+  `format_mismatch`: in web-scraped data it usually means a wrong or broken download, and the
+  pipeline then skips it in `skip` mode or stops in `strict` mode. Pass
+  `allow_format_mismatch=True` to accept such files (decoded by content; first frame of an
+  animation).
+- EXIF orientation is applied (`ImageOps.exif_transpose`), so phone photos are upright.
+- Modes are converted like LLaVA's training code, `Image.convert("RGB")`: grayscale is replicated,
+  palette is looked up, and alpha is dropped (not composited on white as transformers'
+  `convert_to_rgb` does; LLaVA converts before its processor ever sees the alpha channel).
+  16-bit grayscale is scaled to 8 bits first (PIL would clip it to white).
+- Every failure raises `ImageError(source, kind, reason)`; `kind` is one of `IMAGE_ERROR_KINDS`.
+
+Preprocessing (`preprocess`): transformers' `CLIPImageProcessor` step for step: bicubic resize of
+the shortest side (PIL), center crop, rescale by 1/255, normalize with CLIP's mean/std. Mode `pad`
+first expands to a square with the mean colour, as LLaVA-1.5's `expand2square`.
+"""
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# LLaVA-1.5 pads with tuple(int(x * 255) for x in image_mean).
+CLIP_MEAN_RGB = tuple(int(m * 255) for m in CLIP_MEAN)
+
+PREPROCESS_MODES = ("pad", "crop")
+IMAGE_ERROR_KINDS = ("missing_image", "empty_image", "format_mismatch", "truncated_image",
+                     "undecodable_image", "image_too_large")
+
+# File extension -> the Pillow formats its content may have (MPO: multi-picture JPEG from cameras).
+_EXTENSION_FORMATS = {
+    ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".jpe": ("JPEG", "MPO"),
+    ".png": ("PNG",), ".gif": ("GIF",), ".webp": ("WEBP",), ".bmp": ("BMP",),
+    ".tif": ("TIFF",), ".tiff": ("TIFF",),
+}
+
+
+class ImageError(ValueError):
+  """An image that cannot be used; names the file (or record source) and why."""
+
+  def __init__(self, source: str, kind: str, reason: str):
+    super().__init__(f"{source}: {reason}")
+    self.source = source
+    self.kind = kind
+    self.reason = reason
+
+
+def load_image(path: str | os.PathLike, *, allow_format_mismatch: bool = False) -> np.ndarray:
+  """Reads and decodes an image file. Returns uint8[H, W, 3]; raises ImageError."""
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise ImageError(path, "missing_image", "image file not found") from None
+  except (IsADirectoryError, PermissionError) as e:
+    raise ImageError(path, "missing_image", f"cannot read image file ({e.strerror})") from None
+  return decode_image(data, name=path, allow_format_mismatch=allow_format_mismatch)
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>",
+                 allow_format_mismatch: bool = False) -> np.ndarray:
+  """Decodes encoded image bytes. `name` (a file name) is used for errors and the format check.
+
+  Returns:
+    uint8[H, W, 3], upright (EXIF orientation applied), RGB.
+  """
+  if not data:
+    raise ImageError(name, "empty_image", "image file is empty (0 bytes)")
+  try:
+    with warnings.catch_warnings():
+      # Oversized images become errors below instead of warnings.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(data))
+      _check_format(image.format, name, allow_format_mismatch)
+      image.load()  # Decode now: truncated data fails here, not later in a worker.
+      image = ImageOps.exif_transpose(image)
+      return to_rgb_array(image)
+  except ImageError:
+    raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise ImageError(name, "image_too_large", str(e)) from None
+  except UnidentifiedImageError:
+    raise ImageError(name, "undecodable_image",
+                     "not a readable image (unknown format or corrupt header)") from None
+  except (OSError, SyntaxError, ValueError, EOFError) as e:
+    kind = "truncated_image" if "truncated" in str(e).lower() else "undecodable_image"
+    raise ImageError(name, kind, f"cannot decode image: {e}") from None
+
+
+def _check_format(detected: str | None, name: str, allow_mismatch: bool) -> None:
+  expected = _EXTENSION_FORMATS.get(os.path.splitext(name)[1].lower())
+  if allow_mismatch or expected is None or detected in expected:
+    return
+  raise ImageError(name, "format_mismatch",
+                   f"content is {detected} but the extension says {expected[0]}")
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+  """Any Pillow mode -> uint8[H, W, 3] the way LLaVA does it (`convert("RGB")`, alpha dropped)."""
+  if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    wide = np.asarray(image, dtype=np.float64)
+    scale = 255.0 / 65535.0 if wide.max(initial=0) > 255 else 1.0
+    image = Image.fromarray(np.clip(np.round(wide * scale), 0, 255).astype(np.uint8), mode="L")
+  elif image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")  # Same colours as convert("RGB"), without Pillow's warning.
+  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def expand_to_square(image_HxWx3: np.ndarray, fill: Sequence[int] = CLIP_MEAN_RGB) -> np.ndarray:
+  """LLaVA-1.5's expand2square: pad the short side (centred, floor offset) with `fill`."""
+  h, w, _ = image_HxWx3.shape
+  if h == w:
+    return image_HxWx3
+  side = max(h, w)
+  out = np.empty((side, side, 3), dtype=image_HxWx3.dtype)
+  out[...] = np.asarray(fill, dtype=image_HxWx3.dtype)
+  top, left = (side - h) // 2, (side - w) // 2
+  out[top:top + h, left:left + w] = image_HxWx3
+  return out
+
+
+def resize_shortest_side(image_HxWx3: np.ndarray, size: int) -> np.ndarray:
+  """Bicubic resize (Pillow) so the short side is `size`; long side int(size * long / short)."""
+  h, w, _ = image_HxWx3.shape
+  if h <= w:
+    new_h, new_w = size, int(size * w / h)
+  else:
+    new_h, new_w = int(size * h / w), size
+  if (new_h, new_w) == (h, w):
+    return image_HxWx3
+  resized = Image.fromarray(image_HxWx3).resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+  return np.asarray(resized)
+
+
+def center_crop(image_HxWx3: np.ndarray, size: int) -> np.ndarray:
+  """Crop the central size x size window (floor offsets, as transformers)."""
+  h, w, _ = image_HxWx3.shape
+  if h < size or w < size:
+    raise ValueError(f"center_crop: image {h}x{w} is smaller than the crop {size}")
+  top, left = (h - size) // 2, (w - size) // 2
+  return image_HxWx3[top:top + size, left:left + size]
+
+
+def normalize(image_HxWx3: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 rescaled to [0, 1] then normalized with CLIP's mean and std."""
+  mean = np.asarray(CLIP_MEAN, np.float32)
+  std = np.asarray(CLIP_STD, np.float32)
+  return (image_HxWx3.astype(np.float32) * np.float32(1 / 255) - mean) / std
+
+
+def unnormalize(pixels_HxWx3: np.ndarray) -> np.ndarray:
+  """Inverse of `normalize`, back to uint8 (for looking at what the model sees)."""
+  x = pixels_HxWx3 * np.asarray(CLIP_STD, np.float32) + np.asarray(CLIP_MEAN, np.float32)
+  return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def preprocess(image_HxWx3: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+  """CLIP preprocessing of one uint8[H, W, 3] image.
+
+  Args:
+    image_HxWx3: uint8 RGB image.
+    size: output side (the vision tower's image_size).
+    mode: "crop" (CLIP: shortest side -> size, center crop) or "pad" (LLaVA-1.5: expand to a
+      square with the mean colour first, so nothing is cut away).
+
+  Returns:
+    float32[size, size, 3], CLIP-normalized.
+  """
+  if mode not in PREPROCESS_MODES:
+    raise ValueError(f"preprocess: mode must be one of {PREPROCESS_MODES}, got {mode!r}")
+  if image_HxWx3.dtype != np.uint8 or image_HxWx3.ndim != 3 or image_HxWx3.shape[-1] != 3:
+    raise ValueError(f"preprocess: expected uint8[H, W, 3], got {image_HxWx3.dtype}"
+                     f"{list(image_HxWx3.shape)}")
+  if mode == "pad":
+    image_HxWx3 = expand_to_square(image_HxWx3)
+  image_HxWx3 = center_crop(resize_shortest_side(image_HxWx3, size), size)
+  return normalize(image_HxWx3)
+
+
+def preprocess_batch(images: Sequence[np.ndarray], size: int, mode: str = "pad",
+                     max_images: int | None = None) -> np.ndarray:
+  """Preprocesses a sample's images into float32[M, size, size, 3], zero-filled past len(images).
+
+  `max_images` (M) defaults to len(images); more images than M is an error.
+  """
+  m = len(images) if max_images is None else max_images
+  if len(images) > m:
+    raise ValueError(f"preprocess_batch: {len(images)} images but max_images={m}")
+  out = np.zeros((m, size, size, 3), np.float32)
+  for i, image in enumerate(images):
+    out[i] = preprocess(image, size, mode)
+  return out
