@@ -1,5 +1,6 @@
 """The LLaVA model (Flax Linen). `build(config.model)` is the only constructor callers need."""
 
+from flax.linen import meta
 import ml_collections
 
 from llava_jax.model.llama import DecoderConfig, init_cache
@@ -14,10 +15,15 @@ def model_dataclass(model_cfg: ml_collections.ConfigDict) -> LlavaConfig:
                      llm=DecoderConfig(**model_cfg.llm.to_dict()), **top)
 
 
+def unbox(tree):
+  """Plain arrays from a tree of logically-partitioned (boxed) parameters; others pass through."""
+  return meta.unbox(tree)
+
+
 def build(model_cfg: ml_collections.ConfigDict) -> Llava:
   """The Llava module for a model ConfigDict; parameters come from `model.init` or a checkpoint."""
   return Llava(model_dataclass(model_cfg))
 
 
-__all__ = ["build", "model_dataclass", "init_cache", "Llava", "LlavaConfig", "DecoderConfig",
+__all__ = ["build", "unbox", "model_dataclass", "init_cache", "Llava", "LlavaConfig", "DecoderConfig",
            "VisionConfig"]
