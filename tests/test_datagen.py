@@ -11,6 +11,7 @@ import time
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from llava_jax.data import records as records_lib
 from llava_jax.datagen import annotations
 from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import context
@@ -139,6 +140,7 @@ class ParseSavedResponsesTest(parameterized.TestCase):
       ("reasoning_ok", "reasoning", 1, None),
       ("reasoning_markdown", "reasoning", 1, None),
       ("unparseable", "reasoning", 0, "unparseable"),
+      ("reasoning_image_token_in_answer", "reasoning", 0, "invalid_record:image_token_in_answer"),
   )
   def test_saved_response(self, name, kind, num_pairs, reason):
     text = saved_response(name)
@@ -274,7 +276,14 @@ class GenerateTest(absltest.TestCase):
                        {"conv": 3, "detail": 3, "reasoning": 3})
       with open(os.path.join(out, generate.MERGED_FILE)) as f:
         records = json.load(f)
-    self.assertLen(records, 9)
+      # Every record written passes the training pipeline's reader and checks, images included.
+      from PIL import Image
+      for i in range(3):
+        Image.new("RGB", (32, 24), (i, 0, 0)).save(os.path.join(out, f"img{i}.jpg"))
+      read = records_lib.read_records(os.path.join(out, generate.MERGED_FILE))
+      self.assertLen(read, 9)
+      for rec in read:
+        self.assertEqual(records_lib.check_record(rec, image_dir=out, max_images=1), [])
     self.assertLen({r["id"] for r in records}, 9)
     for r in records:
       self.assertEqual(set(r), {"id", "image", "conversations"})

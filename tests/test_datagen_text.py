@@ -11,6 +11,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import tensorflow_datasets as tfds
 
+from llava_jax.data import records as records_lib
 from llava_jax.datagen import flan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +96,14 @@ class FlanTest(parameterized.TestCase):
     self.assertNotEqual(prompts(0), prompts(1))
     self.assertEqual(len(set(prompts(0))), len(flan.templates()[task]))  # All get used.
 
+  def test_records_the_pipeline_would_refuse_are_skipped(self):
+    skipped = collections.Counter()
+    records = list(flan.to_records(
+        "sentiment", [{"text": "I love the <image> tag.", "label": 1}, {"text": "ok", "label": 1}],
+        skipped=skipped))
+    self.assertLen(records, 1)
+    self.assertEqual(skipped, {"invalid_record:image_token_without_image": 1})
+
   def test_bad_example_names_input_example_and_field(self):
     with self.assertRaisesRegex(ValueError, r"x\.jsonl: example 1: missing or empty field "
                                             r"'hypothesis'"):
@@ -126,6 +135,10 @@ class FlanTest(parameterized.TestCase):
                        {"task": "nli", "written": 4, "skipped": {"no_gold_label": 1}})
       with open(out) as f:
         records = json.load(f)
+      read = records_lib.read_records(out)
+    self.assertLen(read, 4)
+    for rec in read:  # The training pipeline reads every record without a problem.
+      self.assertEqual(records_lib.check_record(rec), [])
     self.assertEqual(records, list(flan.to_records("nli", read_jsonl("nli"), seed=3)))
 
 

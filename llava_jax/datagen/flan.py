@@ -18,6 +18,7 @@ import os
 import random
 from typing import Iterable, Iterator
 
+from llava_jax.data import records as records_lib
 from llava_jax.datagen import prompts
 
 TASKS = ("sentiment", "nli", "qa", "translation")
@@ -100,9 +101,16 @@ def to_records(task: str, examples: Iterable[dict], *, seed: int = 0, where: str
     except ValueError as e:
       raise ValueError(f"{where}: example {index}: {e}") from e
     template = random.Random(f"{seed}:{index}").choice(task_templates)
-    yield {"id": f"{task}-{example.get('id', example.get('idx', index))}",
-           "conversations": [{"from": "human", "value": template["input"].format(**fields)},
-                             {"from": "gpt", "value": template["target"].format(**fields)}]}
+    record = {"id": f"{task}-{example.get('id', example.get('idx', index))}",
+              "conversations": [{"from": "human", "value": template["input"].format(**fields)},
+                                {"from": "gpt", "value": template["target"].format(**fields)}]}
+    # E.g. a literal "<image>" in the text would make the training pipeline refuse the record.
+    problems = records_lib.check_record(records_lib.Record(record["id"], record, where))
+    if problems:
+      if skipped is not None:
+        skipped[f"invalid_record:{problems[0].kind}"] += 1
+      continue
+    yield record
 
 
 def read_examples(source: str, split: str = "train", data_dir: str | None = None) -> Iterator[dict]:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import tqdm
 
+from llava_jax.data import records as records_lib
 from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import context as context_lib
 from llava_jax.datagen import journal as journal_lib
@@ -133,7 +134,12 @@ def _to_record(job: _Job, text: str, seed: int) -> dict:
     pairs = [(rng.choice(prompts.detail_instructions()), parse.parse_description(text))]
   else:
     pairs = parse.parse_qa(text)
-  return parse.to_record(job.id, job.ann.image, parse.check_content(pairs))
+  record = parse.to_record(job.id, job.ann.image, parse.check_content(pairs))
+  # The training pipeline's own checks are the last gate: what we write, it reads.
+  problems = records_lib.check_record(records_lib.Record(job.id, record, job.id))
+  if problems:
+    raise parse.Rejected(f"invalid_record:{problems[0].kind}", str(problems[0]))
+  return record
 
 
 def format_table(stats: dict[str, TypeStats]) -> str:
