@@ -283,23 +283,30 @@ def _image_token_count(rec: Record) -> int:
              if isinstance(t, dict) and isinstance(t.get("value"), str))
 
 
+def _image_token_problems(rec: Record, images: list[str]) -> list[Problem]:
+  tokens = _image_token_count(rec)
+  if tokens and not images:
+    return [_problem(rec, "conversations", "image_token_without_image",
+                     f"{tokens} {IMAGE_TOKEN} in the text but the record has no image")]
+  if images and not tokens:
+    return [_problem(rec, "conversations", "image_without_token",
+                     f"{len(images)} image(s) but no {IMAGE_TOKEN} in the text")]
+  if tokens != len(images):
+    return [_problem(rec, "conversations", "image_token_mismatch",
+                     f"{tokens} {IMAGE_TOKEN} in the text but {len(images)} images")]
+  return []
+
+
 def _image_problems(rec: Record, image_dir, decode_images: bool, max_images: int | None,
                     allow_format_mismatch: bool) -> list[Problem]:
   try:
     images = images_of(rec)
   except RecordError as e:
     return [_problem(rec, "image", "bad_image_field", e.reason)]
-  problems = []
-  tokens = _image_token_count(rec)
-  if tokens and not images:
-    problems.append(_problem(rec, "conversations", "image_token_without_image",
-                             f"{tokens} {IMAGE_TOKEN} in the text but the record has no image"))
-  elif images and not tokens:
-    problems.append(_problem(rec, "conversations", "image_without_token",
-                             f"{len(images)} image(s) but no {IMAGE_TOKEN} in the text"))
-  elif tokens != len(images):
-    problems.append(_problem(rec, "conversations", "image_token_mismatch",
-                             f"{tokens} {IMAGE_TOKEN} in the text but {len(images)} images"))
+  # Without a conversation (already reported) there is no text to count <image> in.
+  conversation = rec.data.get("conversations")
+  has_text = isinstance(conversation, list) and bool(conversation)
+  problems = _image_token_problems(rec, images) if has_text else []
   if max_images is not None and len(images) > max_images:
     problems.append(_problem(rec, "image", "too_many_images",
                              f"{len(images)} images; the model takes at most {max_images}"))

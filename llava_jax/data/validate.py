@@ -1,0 +1,132 @@
+"""Pre-flight check of a LLaVA data file and its images, before any compute is spent.
+
+  python -m llava_jax.data.validate --data=llava.json --images=DIR [--strict]
+
+Prints every problem of every record (by record id and file position), then a summary table
+(problem kind -> severity, count, first ids). Images are checked by decoding them, so missing,
+empty, truncated and mislabelled files are all found. Exit status: 0, or 1 in `--strict` mode
+when there is any problem (warnings included); 2 if the file itself cannot be read.
+
+Importable: `validate(path, image_dir) -> Report`; training runs it at start-up.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import sys
+
+from absl import app, flags
+
+from llava_jax.data import records as records_lib
+
+
+@dataclasses.dataclass
+class Report:
+  """Problems found in one data file."""
+  path: str
+  num_records: int                       # entries read, BadLines included
+  problems: list[records_lib.Problem]    # in file order
+
+  @property
+  def clean(self) -> bool:
+    return not self.problems
+
+  def counts(self) -> dict[str, int]:
+    """problem kind -> count, most frequent first."""
+    return dict(collections.Counter(p.kind for p in self.problems).most_common())
+
+  def ids(self, kind: str) -> list[str]:
+    """Record ids with a problem of `kind`, in file order, without repeats."""
+    return list(dict.fromkeys(p.record_id for p in self.problems if p.kind == kind))
+
+  def records_with(self, severity: str) -> set[str]:
+    """Ids of records having at least one problem of that severity."""
+    return {p.record_id for p in self.problems if p.severity == severity}
+
+  def table(self, max_ids: int = 3) -> str:
+    """The summary: one row per problem kind, then totals."""
+    rows = [("problem", "severity", "count", "first ids")]
+    for kind, count in self.counts().items():
+      ids = self.ids(kind)
+      shown = ", ".join(ids[:max_ids]) + (f", ... (+{len(ids) - max_ids})" if len(ids) > max_ids
+                                          else "")
+      rows.append((kind, records_lib.PROBLEM_KINDS[kind][0], str(count), shown))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}"
+             for r in rows]
+    errors = self.records_with(records_lib.ERROR)
+    warnings = self.records_with(records_lib.WARNING) - errors
+    lines.append(f"{self.num_records} records in {self.path}: {len(errors)} with errors "
+                 f"(skipped in skip mode), {len(warnings)} with warnings only (used after repair)")
+    return "\n".join(lines)
+
+  def raise_if_problems(self) -> None:
+    """Strict mode: a RecordError naming the first problem, and how many there are."""
+    if self.problems:
+      first = self.problems[0].error()
+      raise records_lib.RecordError(
+          first.record_id, first.field,
+          f"{first.reason} [{first.kind}] (and {len(self.problems) - 1} more problems; run "
+          f"python -m llava_jax.data.validate --data={self.path} for all)",
+          kind=first.kind, where=first.where)
+
+
+def validate(path: str | os.PathLike, image_dir: str | os.PathLike | None, *,
+             decode_images: bool = True, max_images: int | None = None,
+             allow_format_mismatch: bool = False, num_threads: int | None = None) -> Report:
+  """Checks every record of `path` (and its images under `image_dir`, unless None).
+
+  Image decoding runs on `num_threads` threads (Pillow decodes without the GIL); default: CPUs.
+  Raises RecordError if the file as a whole is not readable JSON.
+  """
+  entries = records_lib.read_records(path)
+
+  def check(entry):
+    return records_lib.check_record(entry, image_dir, decode_images=decode_images,
+                                    max_images=max_images,
+                                    allow_format_mismatch=allow_format_mismatch)
+
+  threads = num_threads or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+    problems = [p for found in pool.map(check, entries) for p in found]
+  return Report(os.fspath(path), len(entries), problems)
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program, so importing `validate` defines none."""
+  flags.DEFINE_string("data", None, "LLaVA JSON or JSONL file.", required=True)
+  flags.DEFINE_string("images", None, "Folder the `image` paths are relative to; omit to check "
+                      "the text only.")
+  flags.DEFINE_bool("strict", False, "Exit 1 if any problem (warnings included).")
+  flags.DEFINE_bool("decode", True, "Decode every image (else only check the files exist and "
+                    "are not empty).")
+  flags.DEFINE_integer("max_images", None, "Images per record the model takes.")
+  flags.DEFINE_bool("allow_format_mismatch", False,
+                    "Accept images whose content differs from the extension.")
+  flags.DEFINE_integer("threads", None, "Decoding threads (default: CPUs).")
+  flags.DEFINE_integer("max_ids", 3, "Record ids listed per row of the summary.")
+
+
+def main(argv) -> int:
+  del argv
+  f = flags.FLAGS
+  try:
+    report = validate(f.data, f.images, decode_images=f.decode, max_images=f.max_images,
+                      allow_format_mismatch=f.allow_format_mismatch, num_threads=f.threads)
+  except (records_lib.RecordError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for problem in report.problems:
+    print(f"{problem.severity}: {problem}")
+  if report.clean:
+    print(f"{report.num_records} records in {report.path}: no problems found")
+  else:
+    print()
+    print(report.table(f.max_ids))
+  return 1 if f.strict and not report.clean else 0
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
