@@ -11,6 +11,7 @@ import numpy as np
 from absl.testing import absltest
 from PIL import Image
 
+from configs import common
 from llava_jax.data import records, validate
 
 
@@ -115,6 +116,25 @@ class ValidateTest(absltest.TestCase):
     kinds = set(report.counts())
     self.assertNotIn("missing_image", kinds)
     self.assertIn("unknown_role", kinds)
+
+  def test_check_from_data_config(self):
+    cfg = common.data_config()
+    cfg.path, cfg.image_dir, cfg.on_error = self.data, self.images, "strict"
+    with self.assertRaisesRegex(records.RecordError, "missing_file"):
+      validate.check(cfg)
+    cfg.on_error = "skip"
+    with self.assertLogs(level="WARNING") as logs:
+      report = validate.check(cfg, common.model_config("tiny"))
+    self.assertIn("missing_image", "\n".join(logs.output))
+    # Start-up check does not decode: the GIF named .jpg and the truncated JPEG pass it.
+    self.assertNotIn("format_mismatch", report.counts())
+    self.assertIn("empty_image", report.counts())
+    cfg.path = self.tmp.name  # a directory = prepared shards, not checked here
+    self.assertIsNone(validate.check(cfg))
+
+  def test_check_passes_the_demo_defaults(self):
+    report = validate.check(common.data_config(), decode_images=True)
+    self.assertTrue(report.clean)
 
   def test_cli_strict_exits_nonzero_and_lists_every_record(self):
     result = _run_cli(f"--data={self.data}", f"--images={self.images}", "--strict")

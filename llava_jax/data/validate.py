@@ -7,7 +7,8 @@ Prints every problem of every record (by record id and file position), then a su
 empty, truncated and mislabelled files are all found. Exit status: 0, or 1 in `--strict` mode
 when there is any problem (warnings included); 2 if the file itself cannot be read.
 
-Importable: `validate(path, image_dir) -> Report`; training runs it at start-up.
+Importable: `validate(path, image_dir) -> Report`; training runs `check(config.data)` at
+start-up (file checks without decoding, so it stays quick on large sets; the CLI decodes).
 """
 
 import collections
@@ -16,7 +17,8 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags
+import ml_collections
+from absl import app, flags, logging
 
 from llava_jax.data import records as records_lib
 
@@ -91,6 +93,33 @@ def validate(path: str | os.PathLike, image_dir: str | os.PathLike | None, *,
   with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
     problems = [p for found in pool.map(check, entries) for p in found]
   return Report(os.fspath(path), len(entries), problems)
+
+
+def check(data_config: ml_collections.ConfigDict,
+          model_config: ml_collections.ConfigDict | None = None, *,
+          decode_images: bool = False) -> Report | None:
+  """Training start-up check of `config.data` (`path`, `image_dir`, `max_images`, `on_error`).
+
+  `on_error == "strict"`: raises RecordError naming the first problem. `"skip"`: logs the summary
+  table; the pipeline then skips the records with errors. A directory `path` (ArrayRecord shards
+  from `llava_jax.data.prepare`, checked when written) returns None. `model_config` is accepted
+  so callers can pass the same pair as to the pipeline; the check does not need it.
+  """
+  del model_config
+  if os.path.isdir(data_config.path):
+    logging.info("validate: %s holds prepared shards; records were checked when written",
+                 data_config.path)
+    return None
+  report = validate(data_config.path, data_config.image_dir, decode_images=decode_images,
+                    max_images=data_config.max_images)
+  if report.clean:
+    logging.info("validate: %d records in %s, no problems", report.num_records, report.path)
+    return report
+  if data_config.on_error == "strict":
+    report.raise_if_problems()
+  logging.warning("validate: problems in %s (on_error=%s)\n%s", report.path,
+                  data_config.on_error, report.table())
+  return report
 
 
 def _define_flags() -> None:
