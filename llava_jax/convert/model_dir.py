@@ -26,6 +26,9 @@ PARAMS = "params"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer"
 PREPROCESSOR = "preprocessor_config.json"
+# Our extra preprocessor key: LLaVA's aspect handling, 'pad' (LLaVA-1.5 expand2square) or 'crop'
+# (CLIP). HF's CLIPImageProcessor always crops, so it is absent from llava-hf files (= 'crop').
+IMAGE_ASPECT = "image_aspect"
 
 # Everything a tokenizer may consist of across HF tokenizer classes.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -1,0 +1,87 @@
+"""Our checkpoints -> a llava-hf directory (`to-hf`).
+
+The result loads with `LlavaForConditionalGeneration.from_pretrained` and
+`AutoProcessor.from_pretrained`. Tensors stream out of `hf.params_to_hf` one at a time into
+safetensors shards of at most `max_shard_bytes`.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+
+from llava_jax.convert import hf
+from llava_jax.convert import hf_config
+from llava_jax.convert import model_dir
+from llava_jax.convert import sources
+from llava_jax.convert import tensor_files
+
+_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+# `hf.params_to_hf` yields transformers' in-memory names; files use the names
+# `save_pretrained` writes (reverse of transformers' llava checkpoint-conversion mapping), so the
+# export of an imported checkpoint is the same file, key for key.
+_ON_DISK_PREFIXES = (("model.language_model.", "language_model.model."),
+                     ("lm_head.", "language_model.lm_head."),
+                     ("model.vision_tower.", "vision_tower."),
+                     ("model.multi_modal_projector.", "multi_modal_projector."))
+
+
+def on_disk_name(name: str) -> str:
+  for prefix, replacement in _ON_DISK_PREFIXES:
+    if name.startswith(prefix):
+      return replacement + name[len(prefix):]
+  return name
+
+
+def processor_config(model_cfg, preprocessor: dict) -> dict:
+  """LlavaProcessor settings (transformers 5 nests the image processor in this file)."""
+  return {
+      "processor_class": "LlavaProcessor",
+      "image_processor": dict(preprocessor),
+      "image_token": "<image>",
+      "patch_size": model_cfg.vision.patch_size,
+      # CLIP always prepends CLS; "default" drops it again, "full" keeps it.
+      "num_additional_image_tokens": 1,
+      "vision_feature_select_strategy":
+          "default" if model_cfg.vision.feature_select == "patch" else "full",
+  }
+
+
+def _token_ids(tokenizer_dir) -> dict:
+  """bos/eos/pad ids for the text config (generation and padding read them from there)."""
+  if tokenizer_dir is None:
+    return {}
+  import transformers  # pylint: disable=g-import-not-at-top
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+  ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id")
+         for name in ("bos", "eos", "pad")}
+  return {k: v for k, v in ids.items() if v is not None}
+
+
+def export_llava_hf(ckpt: str, out: str, *, overwrite: bool = False, dtype: str | None = None,
+                    max_shard_bytes: int = 5 * 10**9) -> list[str]:
+  """Writes the checkpoint at `ckpt` (model dir or training workdir) as llava-hf to `out`.
+
+  `dtype`: cast per tensor (default: as stored). Returns the weight file names written.
+  """
+  checkpoint = sources.read_checkpoint(ckpt)
+  llava_cfg = hf_config.to_hf(checkpoint.model_cfg, **_token_ids(checkpoint.tokenizer_dir))
+  with model_dir.staged_output(out, overwrite) as staging:
+    writer = tensor_files.ShardedSafetensorsWriter(staging, max_shard_bytes)
+    stored_dtype = None
+    for key, tensor in hf.params_to_hf(checkpoint.params, checkpoint.model_cfg):
+      tensor = np.asarray(tensor)
+      stored_dtype = stored_dtype or tensor.dtype.name
+      writer.add(on_disk_name(key), tensor if dtype is None else tensor.astype(dtype, copy=False))
+    files = writer.close()
+    llava_cfg.dtype = _DTYPE_NAMES.get(dtype or stored_dtype, "float32")
+    llava_cfg.save_pretrained(staging)
+    if checkpoint.tokenizer_dir is not None:
+      model_dir.copy_tokenizer(checkpoint.tokenizer_dir, staging)
+    # Our aspect key is unknown to CLIPImageProcessor.
+    preprocessor = {k: v for k, v in checkpoint.preprocessor.items() if k != model_dir.IMAGE_ASPECT}
+    model_dir.write_preprocessor(staging, preprocessor)
+    config = processor_config(checkpoint.model_cfg, preprocessor)
+    (staging / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+  return files
