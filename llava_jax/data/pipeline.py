@@ -1,0 +1,376 @@
+"""The training input pipeline on Grain: LLaVA records → batches of the Batch contract.
+
+    source ─► host shard ─► shuffle(seed, new order each epoch) ─► repeat ─► map(build_sample)
+      ─► [mp_prefetch: worker processes] ─► skip bad samples + batch ─► numpy batches
+
+Entry point for training (and notebooks):
+
+    it = make_train_iterator(config.data, config.model, global_batch_size=64, seed=config.seed,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+    batch = next(it)   # input_ids, labels, segment_ids, positions: int32[B, T];
+                       # pixels: float32[B, M, H, W, 3]; B = global_batch_size // process_count
+    it.get_state() / it.set_state(state)         # JSON-able; grain.checkpoint.CheckpointSave(it)
+    it.skip_report()                             # skipped / fixed samples, this epoch and in total
+
+`config.data.path` is a LLaVA JSON / JSONL file (images under `data.image_dir`) or a directory
+written by `python -m llava_jax.data.prepare` (ArrayRecord shards with the image bytes inside).
+
+Bad input never stops a run in `data.on_error="skip"` mode: each bad sample (unreadable JSONL
+line, missing / empty / mislabelled / truncated image, wrong roles, `<image>` without an image,
+too many images, a sample with no answer within `data.max_len`) is dropped before batching —
+batches stay full and shapes static — and counted with its record id and reason; the first
+`data.skip_reasons_shown` reasons are logged at the end of every epoch. An image whose text has
+no `<image>` is shown to the model anyway (`<image>\\n` prepended; warned once). In "strict"
+mode the first bad sample raises `BadSampleError` naming the record.
+
+Every step is deterministic in (seed, host, position in the stream), so restoring a saved
+iterator state into a new iterator yields the batches an unbroken run would, with or without
+worker processes and across epoch boundaries (the skip counts are part of the state).
+"""
+
+import collections
+import dataclasses
+import functools
+import json
+import os
+import random
+from typing import Any, Iterator
+
+from absl import flags
+from absl import logging
+import grain
+import ml_collections
+import numpy as np
+
+from configs import common
+from llava_jax.data import conversation
+from llava_jax.data import image as image_lib
+from llava_jax.data import records as records_lib
+from llava_jax.data import shards
+from llava_jax.data import tokenize
+
+BATCH_KEYS = ("input_ids", "labels", "segment_ids", "positions", "pixels")
+
+
+class BadSampleError(ValueError):
+  """A record that cannot become a training sample; `kind` groups it in the skip report."""
+
+  def __init__(self, kind: str, reason: str):
+    super().__init__(f"{kind}: {reason}")
+    self.kind = kind
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: every element is an `Example` (picklable, no decoded pixels yet).
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One entry of the data as the source yields it."""
+  id: str                             # record id (or "file:line" for an unreadable line)
+  where: str                          # "file:line" / "file[index]"
+  data: dict | None                   # the LLaVA record; None when it could not be read
+  problem: tuple[str, str] | None = None   # (kind, reason) when data is None
+  image_bytes: tuple[bytes | None, ...] | None = None  # prepared shards: bytes per image
+                                      # (None: the file was unreadable at prepare time)
+
+  @property
+  def record(self) -> records_lib.Record:
+    return records_lib.Record(id=self.id, data=self.data, where=self.where)
+
+
+def read_json_examples(path: str) -> list[Example]:
+  """Examples from a LLaVA JSON list or JSONL file; unreadable lines become problems."""
+  examples = []
+  for item in records_lib.read_records(path):
+    if isinstance(item, records_lib.BadLine):
+      examples.append(Example(item.id, item.where, None, (item.kind, item.message)))
+    else:
+      examples.append(Example(item.id, item.where, item.data))
+  return examples
+
+
+def is_prepared(path: str) -> bool:
+  return os.path.isdir(path) and os.path.exists(os.path.join(path, shards.INFO_FILE))
+
+
+def make_source(data_cfg: ml_collections.ConfigDict) -> grain.MapDataset:
+  """MapDataset of Examples from JSON/JSONL + image folder, or from prepared shards."""
+  if is_prepared(data_cfg.path):
+    return grain.MapDataset.source(shards.ShardSource(data_cfg.path)).map(_from_shard)
+  if not os.path.isfile(data_cfg.path):
+    raise FileNotFoundError(f"data.path {data_cfg.path!r} is neither a JSON/JSONL file nor a "
+                            "directory written by llava_jax.data.prepare")
+  return grain.MapDataset.source(read_json_examples(data_cfg.path))
+
+
+def _from_shard(stored: shards.StoredRecord) -> Example:
+  problem = (stored.problem_kind, stored.problem) if stored.data is None else None
+  return Example(stored.id, stored.where, stored.data, problem, tuple(stored.images))
+
+
+# ---------------------------------------------------------------------------------------------
+# Map: Example → sample dict (or a skip marker).
+
+
+class SampleBuilder:
+  """Example → padded arrays for one row; runs in Grain workers (spawned processes).
+
+  Holds only plain settings, so it pickles cheaply; the tokenizer loads once per process.
+  """
+
+  def __init__(self, data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+               seed: int):
+    self.template = data_cfg.template
+    self.tokenizer_path = data_cfg.tokenizer
+    self.image_dir = data_cfg.image_dir
+    self.max_len = data_cfg.max_len
+    self.max_images = data_cfg.max_images
+    self.image_aspect = data_cfg.image_aspect
+    self.random_image_position = data_cfg.random_image_position
+    self.image_size = model_cfg.vision.image_size
+    self.image_token_id = model_cfg.image_token_id
+    self.num_image_tokens = common.num_image_tokens(model_cfg)
+    self.seed = seed
+    self.strict = data_cfg.on_error == "strict"
+    if self.template not in conversation.TEMPLATES:
+      raise ValueError(f"data.template={self.template!r}; expected one of {conversation.TEMPLATES}")
+    if self.image_aspect not in image_lib.PREPROCESS_MODES:
+      raise ValueError(f"data.image_aspect={self.image_aspect!r}; expected one of "
+                       f"{image_lib.PREPROCESS_MODES}")
+
+  @property
+  def encoder(self) -> tokenize.SegmentEncoder:
+    return _cached_encoder(self.tokenizer_path, self.image_token_id, self.num_image_tokens)
+
+  def tokens(self, example: Example, index: int = 0):
+    """(Encoded, image names, notes) of a record; raises BadSampleError.
+
+    Problems that records.check_record calls warnings (an image with no `<image>` in the
+    text, no id) are repaired and noted; strict mode refuses them like errors.
+    """
+    if example.data is None:
+      raise BadSampleError(*example.problem)
+    rec = example.record
+    notes = []
+    for problem in records_lib.check_record(rec, None, max_images=self.max_images):
+      if problem.severity == records_lib.ERROR or self.strict:
+        raise BadSampleError(problem.kind, f"{problem.field}: {problem.message}")
+      notes.append(f"{problem.kind}: {problem.field}: {problem.message}")
+    names = records_lib.images_of(rec)
+    turns = [tuple(t) for t in records_lib.turns_of(rec)]
+    turns, _ = conversation.add_missing_image_markers(turns, len(names))
+    if self.random_image_position:
+      turns = conversation.random_image_position(turns, random.Random(f"{self.seed}:{index}"))
+    try:
+      rounds = conversation.render(self.template, turns)
+    except conversation.TemplateError as e:
+      raise BadSampleError("template", f"{self.template}: {e}") from None
+    try:
+      encoded = self.encoder.encode(rounds, self.max_len)
+    except tokenize.SampleDropped as e:
+      raise BadSampleError("too_long" if "too long" in str(e) else "no_supervised_token",
+                           str(e)) from None
+    if encoded.rounds_dropped:
+      notes.append(f"truncated: {encoded.rounds_dropped} final round(s) cut to fit "
+                   f"max_len={self.max_len}")
+    return encoded, names, notes
+
+  def pixels(self, example: Example, names: list[str], count: int) -> np.ndarray:
+    """float32[M, S, S, 3] for the first `count` images; zeros after."""
+    decoded = []
+    for i, name in enumerate(names[:count]):
+      try:
+        if example.image_bytes is None:
+          decoded.append(image_lib.load_image(os.path.join(self.image_dir, name)))
+        elif example.image_bytes[i] is None:
+          raise image_lib.ImageError(name, "missing_image", "image was unreadable at prepare time")
+        else:
+          decoded.append(image_lib.decode_image(example.image_bytes[i], name=name))
+      except image_lib.ImageError as e:
+        field = "image" if len(names) == 1 else f"image[{i}]"
+        raise BadSampleError(e.kind, f"{field}: {e}") from None
+    return image_lib.preprocess_batch(decoded, self.image_size, self.image_aspect,
+                                      max_images=self.max_images)
+
+  def build(self, example: Example, index: int = 0) -> dict[str, np.ndarray]:
+    """The padded row for `example`: BATCH_KEYS arrays (no batch axis); raises BadSampleError."""
+    return self.build_with_notes(example, index)[0]
+
+  def build_with_notes(self, example: Example, index: int = 0):
+    encoded, names, notes = self.tokens(example, index)
+    row = tokenize.pad_to(encoded, self.max_len, self.encoder.pad_id)
+    row["pixels"] = self.pixels(example, names, encoded.num_images)
+    return row, notes
+
+  def __call__(self, index: int, example: Example) -> dict[str, Any]:
+    """Grain map_with_index: the row plus bookkeeping, or a skip marker."""
+    meta = {"id": example.id, "index": index, "skip": "", "notes": []}
+    try:
+      row, meta["notes"] = self.build_with_notes(example, index)
+    except BadSampleError as e:
+      meta["skip"] = str(e)
+      return meta
+    return {**meta, **row}
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_encoder(path: str, image_token_id: int, num_image_tokens: int):
+  """One tokenizer per process and path (Grain workers load their own)."""
+  return tokenize.SegmentEncoder(tokenize.load_tokenizer(path), image_token_id=image_token_id,
+                                 num_image_tokens=num_image_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Skip + batch: drops skip markers before batching (full batches), keeps the skip report.
+
+
+class _SkipAndBatchDataset(grain.IterDataset):
+
+  def __init__(self, parent: grain.IterDataset, batch_size: int, epoch_size: int, strict: bool,
+               reasons_shown: int):
+    super().__init__(parent)
+    self.batch_size = batch_size
+    self.epoch_size = epoch_size
+    self.strict = strict
+    self.reasons_shown = reasons_shown
+
+  def __iter__(self) -> "SkippingBatchIterator":
+    return SkippingBatchIterator(self._parent.__iter__(), self)
+
+
+def _empty_stats() -> dict[str, Any]:
+  return {"used": 0, "skipped": 0, "by_reason": {}, "first": [], "notes": {}}
+
+
+class SkippingBatchIterator(grain.DatasetIterator):
+  """The iterator make_train_iterator returns: batches, state, and the skip report."""
+
+  def __init__(self, parent: grain.DatasetIterator, spec: _SkipAndBatchDataset):
+    super().__init__(parent)
+    self._spec = spec
+    self._epoch = 0
+    self._stats = _empty_stats()          # current epoch
+    self._total = _empty_stats()          # whole run
+    self._warned = False
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rows, skipped_in_a_row = [], 0
+    while len(rows) < self._spec.batch_size:
+      element = next(self._parent)
+      epoch = element["index"] // self._spec.epoch_size
+      if epoch != self._epoch:
+        self._end_epoch(epoch)
+      if element["skip"]:
+        if self._spec.strict:
+          raise records_lib.RecordError(element["id"], "sample", element["skip"])
+        self._count_skip(element["id"], element["skip"])
+        skipped_in_a_row += 1
+        if skipped_in_a_row >= self._spec.epoch_size:
+          raise ValueError(f"a whole epoch of records was skipped; the last: record "
+                           f"{element['id']}: {element['skip']}")
+        continue
+      skipped_in_a_row = 0
+      self._count_used(element)
+      rows.append(element)
+    return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+
+  def _count_skip(self, record_id: str, reason: str) -> None:
+    kind = _reason_kind(reason)
+    for stats in (self._stats, self._total):
+      stats["skipped"] += 1
+      stats["by_reason"][kind] = stats["by_reason"].get(kind, 0) + 1
+      if len(stats["first"]) < self._spec.reasons_shown:
+        stats["first"].append([record_id, reason])
+
+  def _count_used(self, element: dict[str, Any]) -> None:
+    for stats in (self._stats, self._total):
+      stats["used"] += 1
+      for note in element["notes"]:
+        kind = _reason_kind(note)
+        stats["notes"][kind] = stats["notes"].get(kind, 0) + 1
+    if element["notes"] and not self._warned and any(n.startswith("image_without_token") for n in element["notes"]):
+      self._warned = True
+      logging.warning("record %s has an image but no <image> in its text; prepended <image>\\n "
+                      "(further cases are counted in the skip report)", element["id"])
+
+  def _end_epoch(self, new_epoch: int) -> None:
+    s = self._stats
+    logging.info("data epoch %d: %d samples used, %d skipped %s, fixed %s", self._epoch, s["used"],
+                 s["skipped"], s["by_reason"], s["notes"])
+    for record_id, reason in s["first"]:
+      logging.info("  skipped record %s: %s", record_id, reason)
+    self._epoch = new_epoch
+    self._stats = _empty_stats()
+
+  def skip_report(self) -> dict[str, Any]:
+    """{"epoch", "this_epoch": stats, "total": stats}; stats = used, skipped, by_reason,
+    first (up to data.skip_reasons_shown [record id, reason] pairs), notes (fixed samples)."""
+    return json.loads(json.dumps({"epoch": self._epoch, "this_epoch": self._stats,
+                                  "total": self._total}))
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._parent.get_state(), "epoch": self._epoch, "stats": self._stats,
+            "total": self._total, "warned": self._warned}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._epoch = state["epoch"]
+    self._stats = json.loads(json.dumps(state["stats"]))
+    self._total = json.loads(json.dumps(state["total"]))
+    self._warned = state["warned"]
+
+
+def _reason_kind(reason: str) -> str:
+  """Groups reasons for counting: the text before the first ':' ("missing_image", ...)."""
+  return reason.split(":", 1)[0].strip()[:60]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry.
+
+
+def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, *,
+                 global_batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """The whole pipeline as a Grain IterDataset (iterate it for a SkippingBatchIterator)."""
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                     f"process_count={process_count}")
+  if data_cfg.on_error not in ("skip", "strict"):
+    raise ValueError(f"data.on_error={data_cfg.on_error!r}; expected 'skip' or 'strict'")
+  source = make_source(data_cfg)
+  # Each host reads only its own slice of the records.
+  ds = source[process_index::process_count]
+  epoch_size = len(ds)
+  if epoch_size == 0:
+    raise ValueError(f"host {process_index} of {process_count} has no records in "
+                     f"{data_cfg.path!r}")
+  ds = ds.shuffle(seed=seed).repeat(None)   # Grain reshuffles each epoch (seed + epoch).
+  ds = ds.map_with_index(SampleBuilder(data_cfg, model_cfg, seed))
+  ds = ds.to_iter_dataset()
+  if data_cfg.num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()   # Grain's worker start-up reads absl flags.
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.worker_buffer_size))
+  return _SkipAndBatchDataset(ds, global_batch_size // process_count, epoch_size,
+                              strict=data_cfg.on_error == "strict",
+                              reasons_shown=data_cfg.skip_reasons_shown)
+
+
+def make_train_iterator(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+                        *, global_batch_size: int, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> SkippingBatchIterator:
+  """An endless iterator of this host's batches (see the module docstring)."""
+  return iter(make_dataset(data_cfg, model_cfg, global_batch_size=global_batch_size, seed=seed,
+                           process_index=process_index, process_count=process_count))
+
+
+def iterate_samples(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+                    seed: int = 0) -> Iterator[tuple[Example, dict[str, Any]]]:
+  """Source order, no shuffling: (example, SampleBuilder element) — for tools and tests."""
+  source = make_source(data_cfg)
+  builder = SampleBuilder(data_cfg, model_cfg, seed)
+  for i in range(len(source)):
+    yield source[i], builder(i, source[i])

@@ -1,0 +1,272 @@
+"""Grain pipeline: the Batch contract, bad input skipped or refused, exact iterator restore."""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest, parameterized
+import numpy as np
+from PIL import Image
+
+from configs import common
+from llava_jax.data import pipeline
+from llava_jax.data import records
+from llava_jax.data import tokenize
+
+LONG = " ".join(["The red ball is on the green grass near the blue box."] * 12)
+
+
+def good_records(n):
+  out = []
+  for i in range(n):
+    if i % 3 == 2:   # text-only records mix in
+      out.append({"id": f"good{i}", "conversations": [
+          {"from": "human", "value": f"Count to {i}."}, {"from": "gpt", "value": f"Done {i}."}]})
+    else:
+      out.append({"id": f"good{i}", "image": f"img{i % 4}.png", "conversations": [
+          {"from": "human", "value": f"<image>\nWhat is shape {i}?"},
+          {"from": "gpt", "value": f"It is a circle number {i}."},
+          {"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "Red."}]})
+  return out
+
+
+def qa(record_id, question, answer="A ball.", **extra):
+  return {"id": record_id, **extra, "conversations": [{"from": "human", "value": question},
+                                                      {"from": "gpt", "value": answer}]}
+
+
+# The bad-input cases of the issue, as (record or raw JSONL line, skip kind).
+BAD = {
+    "missing_image": (qa("bad_missing", "<image>\nWhat?", image="nope.png"), "missing_image"),
+    "zero_bytes": (qa("bad_empty", "<image>\nWhat?", image="empty.png"), "empty_image"),
+    "gif_named_jpg": (qa("bad_gif", "<image>\nWhat?", image="gif.jpg"), "format_mismatch"),
+    "truncated_jpeg": (qa("bad_trunc", "<image>\nWhat?", image="trunc.jpg"), "truncated_image"),
+    "malformed_line": ('{"id": "bad_json", "conversations": [', "malformed_json"),
+    "no_conversations": ({"id": "bad_noconv", "image": "img0.png"}, "missing_conversations"),
+    "unknown_role": ({"id": "bad_role", "conversations": [
+        {"from": "human", "value": "Hi"}, {"from": "robot", "value": "Hello"}]}, "unknown_role"),
+    "image_token_without_image": (qa("bad_noimg", "<image>\nWhat?"), "image_token_without_image"),
+    "over_long": (qa("bad_long", "<image>\nTell me everything.", LONG, image="img1.png"),
+                  "too_long"),
+}
+
+
+def write_jsonl(path, entries):
+  with open(path, "w") as f:
+    for e in entries:
+      f.write((e if isinstance(e, str) else json.dumps(e)) + "\n")
+
+
+def write_images(directory):
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    pixels = rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(os.path.join(directory, f"img{i}.png"))
+  open(os.path.join(directory, "empty.png"), "wb").close()
+  Image.fromarray(pixels).save(os.path.join(directory, "gif.jpg"), format="GIF")
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG")
+  with open(os.path.join(directory, "trunc.jpg"), "wb") as f:
+    f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+
+
+def fingerprint(row):
+  return hashlib.md5(row.tobytes()).hexdigest()[:8]
+
+
+class PipelineTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = tempfile.mkdtemp()
+    cls.images = os.path.join(cls.dir, "images")
+    os.makedirs(cls.images)
+    write_images(cls.images)
+    cls.good = good_records(7)
+    # Image with no <image> in the text: used, with <image> prepended.
+    cls.fixed = qa("fix_marker", "What is this?", image="img2.png")
+    cls.mixed = os.path.join(cls.dir, "mixed.jsonl")
+    entries = cls.good[:4] + [e for e, _ in BAD.values()] + [cls.fixed] + cls.good[4:]
+    write_jsonl(cls.mixed, entries)
+    cls.clean = os.path.join(cls.dir, "clean.json")
+    with open(cls.clean, "w") as f:
+      json.dump(cls.good, f)
+    cls.model = common.model_config("tiny")
+    cls.tok = tokenize.load_tokenizer(os.path.join(common.DEMO_DIR, "tokenizer"))
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.dir)
+    super().tearDownClass()
+
+  def data(self, path=None, **overrides):
+    d = common.data_config()
+    d.path = path or self.mixed
+    d.image_dir = self.images
+    d.max_len = 128
+    d.num_workers = 0
+    d.update(overrides)
+    return d
+
+  def iterator(self, batch=2, seed=0, **overrides):
+    return pipeline.make_train_iterator(self.data(**overrides), self.model,
+                                        global_batch_size=batch, seed=seed)
+
+  def test_batch_contract(self):
+    b = next(self.iterator(batch=6, path=self.clean))
+    self.assertEqual({k: (v.shape, v.dtype.name) for k, v in b.items()}, {
+        "input_ids": ((6, 128), "int32"), "labels": ((6, 128), "int32"),
+        "segment_ids": ((6, 128), "int32"), "positions": ((6, 128), "int32"),
+        "pixels": ((6, 1, 64, 64, 3), "float32")})
+    image_id = self.model.image_token_id
+    for row in range(6):
+      ids, labels, seg = b["input_ids"][row], b["labels"][row], b["segment_ids"][row]
+      n = int(seg.sum())
+      self.assertEqual(seg.tolist(), [1] * n + [0] * (128 - n))
+      self.assertEqual(b["positions"][row, :n].tolist(), list(range(n)))
+      self.assertTrue(np.all(ids[n:] == self.tok.pad_token_id))
+      supervised = labels != tokenize.IGNORE
+      self.assertTrue(supervised.any())
+      np.testing.assert_array_equal(labels[supervised], ids[supervised])
+      self.assertFalse(supervised[n:].any())
+      n_image = int((ids == image_id).sum())
+      self.assertIn(n_image, (0, 64))
+      self.assertFalse(supervised[ids == image_id].any())
+      # Text-only rows get zero pixels; image rows get a CLIP-normalized image.
+      self.assertEqual(bool(np.any(b["pixels"][row])), n_image == 64)
+      self.assertEqual(ids[0], self.tok.bos_token_id)
+
+  def test_bad_input_is_skipped_counted_and_logged(self):
+    it = self.iterator(batch=1)
+    used = len(self.good) + 1
+    with self.assertLogs(level="INFO") as logs:
+      for _ in range(used + 1):   # one more batch crosses into epoch 1
+        next(it)
+    report = it.skip_report()
+    self.assertEqual(report["epoch"], 1)
+    total, now = report["total"], report["this_epoch"]
+    epoch0 = lambda key: {k: v - now[key].get(k, 0) for k, v in total[key].items()}
+    self.assertEqual(epoch0("by_reason"), {kind: 1 for _, kind in BAD.values()})
+    self.assertEqual(epoch0("notes"), {"image_without_token": 1})
+    self.assertEqual(report["total"]["used"] - report["this_epoch"]["used"], used)
+    text = "\n".join(logs.output)
+    self.assertRegex(text, r"data epoch 0: 8 samples used, 9 skipped")
+    self.assertIn("skipped record", text)
+    self.assertIn("fix_marker", text)   # the warn-once for the prepended <image>
+    shown = [rid for rid, _ in report["total"]["first"]]
+    self.assertLen(shown, 5)
+    self.assertTrue(all(rid.startswith("bad_") or ":" in rid for rid in shown), shown)
+
+  @parameterized.named_parameters(*[(name, name) for name in BAD])
+  def test_strict_mode_names_the_record(self, name):
+    entry, kind = BAD[name]
+    path = os.path.join(self.dir, f"strict_{name}.jsonl")
+    write_jsonl(path, self.good[:2] + [entry])
+    it = self.iterator(batch=3, path=path, on_error="strict")
+    record_id = entry["id"] if isinstance(entry, dict) else f"{path}:3"
+    with self.assertRaisesRegex(records.RecordError, f"{record_id}.*{kind}"):
+      next(it)
+
+  def test_strict_mode_refuses_image_without_marker(self):
+    path = os.path.join(self.dir, "strict_fix.jsonl")
+    write_jsonl(path, [self.fixed])
+    with self.assertRaisesRegex(records.RecordError, "fix_marker.*image_without_token"):
+      next(self.iterator(batch=1, path=path, on_error="strict"))
+
+  def test_prepended_image_marker_gives_image_tokens(self):
+    path = os.path.join(self.dir, "fix.jsonl")
+    write_jsonl(path, [self.fixed])
+    b = next(self.iterator(batch=1, path=path))
+    self.assertEqual(int((b["input_ids"] == self.model.image_token_id).sum()), 64)
+    self.assertTrue(np.any(b["pixels"]))
+
+  def test_shuffle_is_seeded_and_differs_per_epoch(self):
+    def epochs(seed):
+      it = self.iterator(batch=7, path=self.clean, seed=seed)
+      return [[fingerprint(r) for r in next(it)["input_ids"]] for _ in range(2)]
+    a, b = epochs(0), epochs(0)
+    self.assertEqual(a, b)
+    self.assertEqual(sorted(a[0]), sorted(a[1]))   # each epoch is a permutation of the data
+    self.assertNotEqual(a[0], a[1])                # reshuffled
+    self.assertNotEqual(epochs(1)[0], a[0])
+
+  def test_restore_is_exact_across_an_epoch_boundary(self):
+    unbroken = self.iterator(batch=3)
+    expected = [next(unbroken) for _ in range(7)]   # 8 usable samples/epoch: crosses twice
+    it = self.iterator(batch=3)
+    for _ in range(2):
+      next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    restored = self.iterator(batch=3)
+    restored.set_state(state)
+    for want in expected[2:]:
+      got = next(restored)
+      for k in pipeline.BATCH_KEYS:
+        np.testing.assert_array_equal(got[k], want[k])
+    self.assertEqual(restored.skip_report(), unbroken.skip_report())
+
+  def test_workers_restore_exactly_and_match_in_process(self):
+    reference = self.iterator(batch=3)
+    expected = [next(reference) for _ in range(5)]
+    it = self.iterator(batch=3, num_workers=2)
+    try:
+      first = [next(it) for _ in range(2)]
+      state = json.loads(json.dumps(it.get_state()))
+    finally:
+      it.close()
+    restored = self.iterator(batch=3, num_workers=2)
+    try:
+      restored.set_state(state)
+      rest = [next(restored) for _ in range(3)]
+    finally:
+      restored.close()
+    for got, want in zip(first + rest, expected):
+      for k in pipeline.BATCH_KEYS:
+        np.testing.assert_array_equal(got[k], want[k])
+
+  def test_each_host_reads_its_own_shard(self):
+    seen = []
+    for host in range(2):
+      it = pipeline.make_train_iterator(self.data(path=self.clean), self.model,
+                                        global_batch_size=4, seed=0, process_index=host,
+                                        process_count=2)
+      b = next(it)
+      self.assertEqual(b["input_ids"].shape, (2, 128))
+      seen.append({fingerprint(r) for r in b["input_ids"]})
+    self.assertEqual(seen[0] & seen[1], set())
+    with self.assertRaisesRegex(ValueError, "not divisible"):
+      pipeline.make_train_iterator(self.data(), self.model, global_batch_size=3, seed=0,
+                                   process_count=2)
+
+  def test_random_image_position(self):
+    d = self.data(path=self.clean, random_image_position=True)
+    builder = pipeline.SampleBuilder(d, self.model, seed=0)
+    example = pipeline.read_json_examples(self.clean)[0]
+    placements = set()
+    for index in range(12):
+      ids = builder.build(example, index)["input_ids"]
+      first_image = int(np.argmax(ids == self.model.image_token_id))
+      placements.add(first_image)
+      again = builder.build(example, index)["input_ids"]
+      np.testing.assert_array_equal(ids, again)   # seeded by (seed, index)
+    self.assertLen(placements, 2)                 # before and after the question
+
+  def test_truncation_note_and_kept_answer(self):
+    rec = {"id": "long_chat", "conversations": [
+        {"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."},
+        {"from": "human", "value": "More?"}, {"from": "gpt", "value": LONG}]}
+    path = os.path.join(self.dir, "trunc.jsonl")
+    write_jsonl(path, [rec])
+    it = self.iterator(batch=1, path=path)
+    b = next(it)
+    self.assertEqual(it.skip_report()["total"]["notes"], {"truncated": 1})
+    labels = b["labels"][0]
+    self.assertEqual(self.tok.decode(labels[labels != tokenize.IGNORE]), "Hello.</s>")
+
+
+if __name__ == "__main__":
+  absltest.main()
