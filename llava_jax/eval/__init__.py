@@ -1,0 +1,1 @@
+"""Task evaluators behind `python -m llava_jax.evaluate` (scienceqa, llava_bench, text)."""
