@@ -1,7 +1,6 @@
 """Grain pipeline: the Batch contract, bad input skipped or refused, exact iterator restore."""
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -9,68 +8,12 @@ import tempfile
 
 from absl.testing import absltest, parameterized
 import numpy as np
-from PIL import Image
 
 from configs import common
+from data_samples import BAD, LONG, good_records, qa, write_images, write_jsonl
 from llava_jax.data import pipeline
 from llava_jax.data import records
 from llava_jax.data import tokenize
-
-LONG = " ".join(["The red ball is on the green grass near the blue box."] * 12)
-
-
-def good_records(n):
-  out = []
-  for i in range(n):
-    if i % 3 == 2:   # text-only records mix in
-      out.append({"id": f"good{i}", "conversations": [
-          {"from": "human", "value": f"Count to {i}."}, {"from": "gpt", "value": f"Done {i}."}]})
-    else:
-      out.append({"id": f"good{i}", "image": f"img{i % 4}.png", "conversations": [
-          {"from": "human", "value": f"<image>\nWhat is shape {i}?"},
-          {"from": "gpt", "value": f"It is a circle number {i}."},
-          {"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "Red."}]})
-  return out
-
-
-def qa(record_id, question, answer="A ball.", **extra):
-  return {"id": record_id, **extra, "conversations": [{"from": "human", "value": question},
-                                                      {"from": "gpt", "value": answer}]}
-
-
-# The bad-input cases of the issue, as (record or raw JSONL line, skip kind).
-BAD = {
-    "missing_image": (qa("bad_missing", "<image>\nWhat?", image="nope.png"), "missing_image"),
-    "zero_bytes": (qa("bad_empty", "<image>\nWhat?", image="empty.png"), "empty_image"),
-    "gif_named_jpg": (qa("bad_gif", "<image>\nWhat?", image="gif.jpg"), "format_mismatch"),
-    "truncated_jpeg": (qa("bad_trunc", "<image>\nWhat?", image="trunc.jpg"), "truncated_image"),
-    "malformed_line": ('{"id": "bad_json", "conversations": [', "malformed_json"),
-    "no_conversations": ({"id": "bad_noconv", "image": "img0.png"}, "missing_conversations"),
-    "unknown_role": ({"id": "bad_role", "conversations": [
-        {"from": "human", "value": "Hi"}, {"from": "robot", "value": "Hello"}]}, "unknown_role"),
-    "image_token_without_image": (qa("bad_noimg", "<image>\nWhat?"), "image_token_without_image"),
-    "over_long": (qa("bad_long", "<image>\nTell me everything.", LONG, image="img1.png"),
-                  "too_long"),
-}
-
-
-def write_jsonl(path, entries):
-  with open(path, "w") as f:
-    for e in entries:
-      f.write((e if isinstance(e, str) else json.dumps(e)) + "\n")
-
-
-def write_images(directory):
-  rng = np.random.default_rng(0)
-  for i in range(4):
-    pixels = rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(os.path.join(directory, f"img{i}.png"))
-  open(os.path.join(directory, "empty.png"), "wb").close()
-  Image.fromarray(pixels).save(os.path.join(directory, "gif.jpg"), format="GIF")
-  buf = io.BytesIO()
-  Image.fromarray(pixels).save(buf, format="JPEG")
-  with open(os.path.join(directory, "trunc.jpg"), "wb") as f:
-    f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
 
 
 def fingerprint(row):
