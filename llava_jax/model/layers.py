@@ -54,7 +54,8 @@ class RMSNorm(nn.Module):
                          (x_BxTxD.shape[-1],), self.param_dtype)
     x = x_BxTxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-    return scale_D.astype(self.dtype) * x.astype(self.dtype)
+    scale = scale_D.reshape((1,) * (x.ndim - 1) + (-1,)).astype(self.dtype)
+    return scale * x.astype(self.dtype)
 
 
 def rope_tables(positions_BxT, head_dim: int, theta: float, scaling_factor: float):
