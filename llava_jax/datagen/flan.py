@@ -31,7 +31,8 @@ _SENTIMENT_ANSWER = {"negative": "negative", "positive": "positive", "neg": "neg
 LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
              "pt": "Portuguese", "ro": "Romanian", "cs": "Czech", "ru": "Russian",
              "fi": "Finnish", "tr": "Turkish", "zh": "Chinese", "ja": "Japanese", "hi": "Hindi",
-             "et": "Estonian", "lv": "Latvian", "gu": "Gujarati", "kk": "Kazakh", "lt": "Lithuanian"}
+             "et": "Estonian", "lv": "Latvian", "gu": "Gujarati", "kk": "Kazakh",
+             "lt": "Lithuanian"}
 
 
 class Skip(ValueError):

@@ -18,7 +18,7 @@ def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) ->
   """A plain fixed-width table; floats with one decimal."""
   cells = [[f"{v:.1f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
   widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-  line = lambda values: "  ".join(
-      str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+  line = lambda values: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                                  for i, (v, w) in enumerate(zip(values, widths)))
   return "\n".join([title, line(header), "-" * (sum(widths) + 2 * (len(widths) - 1))]
                    + [line(r) for r in cells])

@@ -5,7 +5,8 @@ Data: JSONL or a JSON list of either
    "task"?}
 or text-only LLaVA records (first human turn = prompt, first gpt turn = reference), e.g. the
 output of `python -m llava_jax.datagen.text`. ROUGE-L F-measure from Google's `rouge-score`
-package (Porter stemming; a tokenizer that keeps non-ASCII words), the max over an example's references, in percent; exact match too.
+package (Porter stemming; a tokenizer that keeps non-ASCII words), the max over an example's
+references, in percent; exact match too.
 """
 
 import collections
