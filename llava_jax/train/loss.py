@@ -11,6 +11,7 @@ Labels follow the HF convention: logits[:, t] predict labels[:, t + 1]; -100 is 
 
 import jax
 import jax.numpy as jnp
+from flax.core import meta
 
 IGNORE_INDEX = -100
 
@@ -79,3 +80,27 @@ def dense_cross_entropy(logits_BxTxV: jax.Array, labels_BxT: jax.Array
   token_loss_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1) - target_logit_BxT
   return (jnp.sum(jnp.where(supervised_BxT, token_loss_BxT, 0.0)),
           jnp.sum(supervised_BxT, dtype=jnp.int32))
+
+
+def lm_head_kernel(llm_params) -> jax.Array:
+  """float[D, V]: the LM head, or the transposed input embedding when they are tied."""
+  if "lm_head" in llm_params:
+    return meta.unbox(llm_params["lm_head"]["kernel"])
+  return meta.unbox(llm_params["embed"]["embedding"]).T
+
+
+def model_loss(model, params, batch, rng, *, chunk_len: int = 0):
+  """(sum of next-token losses, number of supervised tokens): a `LossFn` for `step.train_step`.
+
+  chunk_len = 0 applies the model's LM head to every position (full [B, T, V] logits);
+  chunk_len > 0 takes the final hidden states and runs `chunked_cross_entropy`. A batch whose
+  pixels hold no images (M = 0) is text only: the vision tower is not run at all.
+  """
+  pixels = batch["pixels"] if batch["pixels"].shape[1] else None
+  out = model.apply({"params": params}, batch["input_ids"], pixels,
+                    segment_ids=batch["segment_ids"], positions=batch["positions"],
+                    return_hidden=chunk_len > 0, rngs={"dropout": rng})
+  if chunk_len > 0:
+    return chunked_cross_entropy(out, lm_head_kernel(params["llm"]), batch["labels"],
+                                 chunk_len=chunk_len)
+  return dense_cross_entropy(out, batch["labels"])
