@@ -6,6 +6,7 @@ Not a test module; the test files import it (pytest puts tests/ on sys.path).
 import io
 import json
 import os
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -65,3 +66,12 @@ def write_images(directory):
   Image.fromarray(pixels).save(buf, format="JPEG")
   with open(os.path.join(directory, "trunc.jpg"), "wb") as f:
     f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+
+
+def temp_data_dir():
+  """A new temporary directory with the sample images in images/; returns (dir, images_dir)."""
+  directory = tempfile.mkdtemp()
+  images = os.path.join(directory, "images")
+  os.makedirs(images)
+  write_images(images)
+  return directory, images

@@ -4,13 +4,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 from absl.testing import absltest, parameterized
 import numpy as np
 
 from configs import common
-from data_samples import BAD, LONG, good_records, qa, write_images, write_jsonl
+from data_samples import BAD, LONG, good_records, qa, temp_data_dir, write_jsonl
 from llava_jax.data import pipeline
 from llava_jax.data import records
 from llava_jax.data import tokenize
@@ -25,10 +24,7 @@ class PipelineTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = tempfile.mkdtemp()
-    cls.images = os.path.join(cls.dir, "images")
-    os.makedirs(cls.images)
-    write_images(cls.images)
+    cls.dir, cls.images = temp_data_dir()
     cls.good = good_records(7)
     # Image with no <image> in the text: used, with <image> prepended.
     cls.fixed = qa("fix_marker", "What is this?", image="img2.png")

@@ -5,13 +5,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 from absl.testing import absltest
 import numpy as np
 
 from configs import common
-from data_samples import BAD, good_records, qa, write_images, write_jsonl
+from data_samples import BAD, good_records, qa, temp_data_dir, write_jsonl
 from llava_jax.data import pipeline
 from llava_jax.data import prepare
 from llava_jax.data import shards
@@ -24,10 +23,7 @@ class PrepareTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.dir = tempfile.mkdtemp()
-    cls.images = os.path.join(cls.dir, "images")
-    os.makedirs(cls.images)
-    write_images(cls.images)
+    cls.dir, cls.images = temp_data_dir()
     entries = good_records(8) + [e for e, _ in BAD.values()]
     entries.append(qa("fix_marker", "What is this?", image="img2.png"))
     cls.jsonl = os.path.join(cls.dir, "data.jsonl")
