@@ -1,0 +1,74 @@
+"""What both LLaVA training stages share: the config skeleton and the per-preset model choices.
+
+`pretrain.py` and `finetune.py` call `stage_config(...)` with their recipe (learning rate, batch,
+epochs, data, which parameters train, where they start from); everything else defaults here.
+"""
+
+import ml_collections
+
+from configs import common
+
+# Stage-config preset → model preset in configs/common.py:MODEL_PRESETS.
+MODEL_FOR_PRESET = {
+    "demo": "tiny",
+    "llava_v1_7b": "llava_v1_7b",
+    "llava15_7b": "llava15_7b",
+    "llava15_13b": "llava15_13b",
+}
+PRESETS = tuple(MODEL_FOR_PRESET)
+
+
+def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
+                 trainable: tuple[str, ...], data: dict, steps: int = 0,
+                 params_from: str = "", projector_from: str = "") -> ml_collections.ConfigDict:
+  """One locked-ready training config. `data` overrides fields of `common.data_config()`."""
+  if preset not in MODEL_FOR_PRESET:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+  demo = preset == "demo"
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = common.model_config(MODEL_FOR_PRESET[preset])
+  if not demo:
+    c.model.dtype = "bfloat16"   # LLaVA trains in bf16; master weights stay float32.
+    c.model.remat = "full"       # LLaVA's gradient_checkpointing=True.
+
+  c.data = common.data_config()
+  c.data.update(data)
+  if not demo:
+    c.data.max_len = 2048
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = steps                # > 0 overrides epochs
+  c.train.epochs = epochs
+  c.train.batch_size = batch_size      # global, over all processes and micro-batches
+  c.train.grad_accum_steps = 1         # micro-batches per step (batch_size must divide)
+  c.train.on_nonfinite = "stop"        # "stop": raise naming the step | "skip": drop that update
+  c.train.log_every_steps = 1 if demo else 10
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = lr                      # peak; linear warmup then cosine decay to 0
+  c.optim.warmup_ratio = 0.03
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.grad_clip_norm = 1.0         # HF Trainer's max_grad_norm; <= 0 disables
+  # Parameter paths ('/'-joined, e.g. 'llm/layers/mlp/up/kernel') that train; the rest are frozen.
+  c.optim.trainable = trainable
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 200 if demo else 1000   # and always at the end
+  c.checkpoint.max_to_keep = 2
+  c.checkpoint.async_save = True
+
+  c.mesh = common.mesh_config()
+  if not demo:
+    c.mesh.data, c.mesh.fsdp = 1, -1   # 7B/13B: shard params and optimizer state (ZeRO-3).
+
+  c.init = ml_collections.ConfigDict()
+  # "" = random init. Else a model directory (`convert from-hf`) or a training workdir.
+  c.init.params_from = params_from
+  # "" = keep. Else a (stage-1) training workdir whose `projector` replaces ours.
+  c.init.projector_from = projector_from
+  return c
