@@ -3,6 +3,8 @@
 import io
 import os
 import tempfile
+import warnings
+from unittest import mock
 
 import numpy as np
 import skimage.data
@@ -229,6 +231,15 @@ class DecodeTest(parameterized.TestCase):
       image_lib.load_image(self._write("junk.png", b"hello, this is not an image"))
     self.assertEqual(cm.exception.kind, "undecodable_image")
     self.assertIsInstance(cm.exception, ValueError)
+
+  @parameterized.parameters(1000, 100_000)  # Pillow's own error (> 2x limit), then ours (> 1x)
+  def test_decompression_bomb_is_refused(self, limit):
+    data = _encode(self.photo, "PNG")  # 451 x 300 = 135,300 pixels
+    with mock.patch.object(Image, "MAX_IMAGE_PIXELS", limit), warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with self.assertRaisesRegex(image_lib.ImageError, "big.png: .*pixels") as cm:
+        image_lib.decode_image(data, name="big.png")
+    self.assertEqual(cm.exception.kind, "image_too_large")
 
   def test_error_kinds_are_listed(self):
     for kind in ("missing_image", "empty_image", "format_mismatch", "truncated_image",

@@ -13,6 +13,8 @@ Decoding (`load_image`, `decode_image`):
   `convert_to_rgb` does; LLaVA converts before its processor ever sees the alpha channel).
   16-bit grayscale is scaled to 8 bits first (PIL would clip it to white).
 - Every failure raises `ImageError(source, kind, reason)`; `kind` is one of `IMAGE_ERROR_KINDS`.
+  Images over Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, ~89 Mpx) are refused.
+  Unreadable EXIF metadata is ignored (the picture is kept as stored).
 
 Preprocessing (`preprocess`): transformers' `CLIPImageProcessor` step for step: bicubic resize of
 the shortest side (PIL), center crop, rescale by 1/255, normalize with CLIP's mean/std. Mode `pad`
@@ -21,7 +23,6 @@ first expands to a square with the mean colour, as LLaVA-1.5's `expand2square`.
 
 import io
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,24 +78,27 @@ def decode_image(data: bytes, *, name: str = "<bytes>",
   if not data:
     raise ImageError(name, "empty_image", "image file is empty (0 bytes)")
   try:
-    with warnings.catch_warnings():
-      # Oversized images become errors below instead of warnings.
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      image = Image.open(io.BytesIO(data))
-      _check_format(image.format, name, allow_format_mismatch)
-      image.load()  # Decode now: truncated data fails here, not later in a worker.
-      image = ImageOps.exif_transpose(image)
-      return to_rgb_array(image)
+    image = Image.open(io.BytesIO(data))
+    _check_format(image.format, name, allow_format_mismatch)
+    if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+      raise ImageError(name, "image_too_large", f"{image.width}x{image.height} pixels is over "
+                       f"Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS})")
+    image.load()  # Decode now: truncated data fails here, not later in a worker.
   except ImageError:
     raise
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+  except Image.DecompressionBombError as e:
     raise ImageError(name, "image_too_large", str(e)) from None
   except UnidentifiedImageError:
     raise ImageError(name, "undecodable_image",
                      "not a readable image (unknown format or corrupt header)") from None
-  except (OSError, SyntaxError, ValueError, EOFError) as e:
+  except Exception as e:  # noqa: BLE001 - corrupt data raises many types; all mean "unusable".
     kind = "truncated_image" if "truncated" in str(e).lower() else "undecodable_image"
-    raise ImageError(name, kind, f"cannot decode image: {e}") from None
+    raise ImageError(name, kind, f"cannot decode image: {type(e).__name__}: {e}") from None
+  try:
+    image = ImageOps.exif_transpose(image)
+  except Exception:  # noqa: BLE001 - broken EXIF must not lose a decodable picture.
+    pass
+  return to_rgb_array(image)
 
 
 def _check_format(detected: str | None, name: str, allow_mismatch: bool) -> None:
