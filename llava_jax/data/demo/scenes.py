@@ -32,7 +32,8 @@ SHAPE_KINDS = ("circle", "square", "triangle")
 CELL_PHRASES = {
     (0, 0): "in the top left corner", (0, 1): "at the top", (0, 2): "in the top right corner",
     (1, 0): "on the left", (1, 1): "in the middle", (1, 2): "on the right",
-    (2, 0): "in the bottom left corner", (2, 1): "at the bottom", (2, 2): "in the bottom right corner",
+    (2, 0): "in the bottom left corner", (2, 1): "at the bottom",
+    (2, 2): "in the bottom right corner",
 }
 
 SKY = {"day": (110, 170, 235), "night": (20, 25, 70)}
@@ -76,7 +77,8 @@ def random_shapes_scene(rng: np.random.Generator) -> ShapesScene:
     types.add((str(rng.choice(SHAPE_KINDS)), str(rng.choice(list(OBJECT_COLOURS)))))
   types = sorted(types)
   # Every type appears at least once; the rest are drawn at random.
-  assignment = list(range(num_types)) + [int(rng.integers(num_types)) for _ in range(count - num_types)]
+  assignment = list(range(num_types)) + [int(rng.integers(num_types))
+                                         for _ in range(count - num_types)]
   shapes = tuple(Shape(types[t][0], types[t][1], cell) for t, cell in zip(assignment, cells))
   return ShapesScene(background, tuple(sorted(shapes, key=lambda s: s.cell)))
 
@@ -147,7 +149,8 @@ def draw_outdoor(scene: OutdoorScene, rng: np.random.Generator) -> Image.Image:
   if house_x is not None:
     draw.rectangle([house_x - 17, HORIZON - 4, house_x + 17, HORIZON + 26],
                    fill=HOUSE_COLOURS[scene.house])
-    draw.polygon([(house_x - 22, HORIZON - 4), (house_x, HORIZON - 24), (house_x + 22, HORIZON - 4)],
+    draw.polygon([(house_x - 22, HORIZON - 4), (house_x, HORIZON - 24),
+                  (house_x + 22, HORIZON - 4)],
                  fill=(110, 60, 30))
     draw.rectangle([house_x - 4, HORIZON + 12, house_x + 4, HORIZON + 26], fill=(70, 40, 20))
   crown = (20, 110, 40) if scene.ground != "grass" else (15, 95, 30)

@@ -70,7 +70,8 @@ def shapes_detail(scene: scenes_lib.ShapesScene) -> str:
   n = len(scene.shapes)
   lines = [f"The image shows {count_phrase(n, 'shape')} on a plain {scene.background} background."]
   for s in scene.shapes:
-    lines.append(f"There is {article(s.colour)} {s.colour} {s.kind} {scenes_lib.CELL_PHRASES[s.cell]}.")
+    where = scenes_lib.CELL_PHRASES[s.cell]
+    lines.append(f"There is {article(s.colour)} {s.colour} {s.kind} {where}.")
   kinds = collections.Counter(s.kind for s in scene.shapes)
   if n > 1:
     lines.append("In total there " + ("is " if kinds[sorted(kinds)[0]] == 1 else "are ")
@@ -211,7 +212,8 @@ def outdoor_questions(scene: scenes_lib.OutdoorScene) -> list[QA]:
     qas.append(("What color is the house?", f"The house is {scene.house} with a brown roof."))
   if scene.time == "day":
     qas.append(("Where is the sun?", f"The sun is in the top {scene.sky_light_side} corner."))
-    qas.append(("How many clouds are in the sky?", f"{there_is(scene.clouds, 'cloud')} in the sky."))
+    qas.append(("How many clouds are in the sky?",
+                f"{there_is(scene.clouds, 'cloud')} in the sky."))
   else:
     qas.append(("Where is the moon?", f"The moon is in the top {scene.sky_light_side} corner."))
   return qas

@@ -48,7 +48,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = MAX_VOCAB) -> PreTra
 
   tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
                              fuse_unk=True))
-  tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+  tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                         normalizers.Replace(" ", "▁")])
   tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                    decoders.Fuse(), decoders.Strip(" ", 1, 0)])
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
