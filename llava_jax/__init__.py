@@ -1,3 +1,12 @@
 """llava_jax: LLaVA (Visual Instruction Tuning) in JAX/Flax."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  # `llava_jax.load` imports JAX, the model and the converters; only pay for it when used, so
+  # that light modules (e.g. data code in Grain workers) import fast.
+  if name == "load":
+    from llava_jax.api import load  # pylint: disable=g-import-not-at-top
+    return load
+  raise AttributeError(f"module 'llava_jax' has no attribute {name!r}")
