@@ -1,0 +1,275 @@
+r"""Training-step benchmark: step time, throughput, TFLOP/s and MFU of the real jitted train step.
+
+  python -m llava_jax.bench --config=configs/finetune.py --steps=10
+  python -m llava_jax.bench --config=configs/pretrain.py:llava15_7b --config.model.dtype=bfloat16
+  python -m llava_jax.bench --table bench_results/*.json     # one table from earlier runs
+
+Batches are synthetic (the Batch contract: BOS, the images' tokens, random text, then padding),
+made in numpy, so the benchmark needs neither Grain nor a dataset. The step is the training
+loop's own `train_step`, jitted with the state's shardings and donation as the loop does; the time
+is the median of `--steps` steps after `--warmup` ones, each blocked until ready. The loss is
+`train/loss.py:model_loss` (with `--loss_chunk=0` the same full-logits cross-entropy as the loop's;
+it also lets `--images_per_row=0` run text-only batches without the vision tower). FLOPs follow
+`llava_jax/flops.py` (MaxText's accounting). On CPU the same batch also goes through
+transformers' torch LLaVA step (`llava_jax/bench_torch.py`) and the ratio of step times is
+printed. Results are written as JSON (`--out`).
+"""
+
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from configs import common
+from llava_jax import flops as flops_lib
+from llava_jax import model as model_lib
+from llava_jax import sharding
+from llava_jax.train import loss as loss_lib
+from llava_jax.train import optimizer
+from llava_jax.train import state as state_lib
+from llava_jax.train import step as step_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (`file.py:arg`).",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_FILL = flags.DEFINE_float("fill", 1.0, "Each row's non-pad length is drawn from "
+                           "[fill·T, T]; 1.0 = full rows.")
+_IMAGES = flags.DEFINE_integer("images_per_row", None, "Images per row (default "
+                               "config.data.max_images; 0 = text only, the tower never runs).")
+_TORCH = flags.DEFINE_enum("torch", "auto", ["auto", "yes", "no"], "Also time transformers' "
+                           "torch step on the same batch (auto: on CPU only).")
+_LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 0, "0: cross-entropy from full [B, T, V] logits "
+                                   "(the loop's); N > 0: chunked over N positions (train/loss.py).")
+_NAME = flags.DEFINE_string("name", None, "Row name in tables (default: preset and stage).")
+_OUT = flags.DEFINE_string("out", None, "JSON result path (default bench_results/NAME.json).")
+_TABLE = flags.DEFINE_bool("table", False, "Print one table from the JSON results named as "
+                           "arguments (nothing is benchmarked).")
+
+BOS_ID, PAD_ID, FIRST_TEXT_ID = 1, 0, 5
+
+
+def synthetic_batch(model_cfg, *, batch_size: int, seq_len: int, images_per_row: int,
+                    fill: float = 1.0, seed: int = 0) -> dict[str, np.ndarray]:
+  """A Batch-contract batch: per row BOS, `images_per_row` runs of image tokens, random text, pad.
+
+  Text tokens are supervised; BOS, image tokens and padding are not (as in LLaVA's stage 1).
+  """
+  image_tokens = common.num_image_tokens(model_cfg)
+  prefix = 1 + images_per_row * image_tokens
+  if not 0 < fill <= 1:
+    raise ValueError(f"--fill={fill}: expected 0 < fill <= 1")
+  if prefix + 2 > max(1, int(fill * seq_len)):
+    raise ValueError(f"sequence length {seq_len} (fill {fill}) cannot hold BOS + "
+                     f"{images_per_row}×{image_tokens} image tokens + text")
+  rng = np.random.default_rng(seed)
+  input_ids = rng.integers(FIRST_TEXT_ID, model_cfg.llm.vocab_size, (batch_size, seq_len),
+                           dtype=np.int32)
+  input_ids[input_ids == model_cfg.image_token_id] = FIRST_TEXT_ID  # text never looks like an image
+  input_ids[:, 0] = BOS_ID
+  input_ids[:, 1:prefix] = model_cfg.image_token_id
+  labels = input_ids.copy()
+  labels[:, :prefix] = -100
+  lengths = rng.integers(int(np.ceil(fill * seq_len)), seq_len + 1, batch_size)
+  valid = np.arange(seq_len)[None, :] < lengths[:, None]
+  input_ids[~valid] = PAD_ID
+  labels[~valid] = -100
+  size = model_cfg.vision.image_size
+  return dict(
+      input_ids=input_ids, labels=labels.astype(np.int32),
+      segment_ids=valid.astype(np.int32),
+      positions=np.where(valid, np.arange(seq_len, dtype=np.int32)[None, :], 0).astype(np.int32),
+      pixels=rng.standard_normal((batch_size, images_per_row, size, size, 3), dtype=np.float32))
+
+
+def trained_parts(abstract_params, trainable) -> dict[str, bool]:
+  """Which top-level parts (vision, projector, llm) have at least one trainable parameter."""
+  train_tree, _ = optimizer.split_trainable(abstract_params, trainable)
+  return {part: part in train_tree for part in ("vision", "projector", "llm")}
+
+
+def peak_memory(device, compiled) -> tuple[int | None, str]:
+  """(bytes, source): the allocator's peak where the runtime reports it, else XLA's estimate."""
+  stats = device.memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "allocator"
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None, "unavailable"
+  total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+           + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  return int(total), "xla_estimate"
+
+
+def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
+              images_per_row: int | None = None, loss_chunk: int = 0,
+              compare_torch: bool | None = None, name: str | None = None) -> dict:
+  """Builds state and step from `config`, times `steps` steps; returns the result dict."""
+  model_cfg = config.model
+  images = config.data.max_images if images_per_row is None else images_per_row
+  batch_size, seq_len = config.train.batch_size, config.data.max_len
+  image_tokens = common.num_image_tokens(model_cfg)
+  mesh = sharding.make_mesh(config.mesh)
+  model = model_lib.build(model_cfg)
+  tx, schedule = optimizer.make_optimizer(config.optim, total_steps=max(steps + warmup, 1))
+  trainable = tuple(config.optim.trainable)
+  factory = state_lib.StateFactory(model, model_cfg, tx, trainable, mesh)
+  parts = trained_parts(factory.abstract.params, trainable)
+
+  host_batch = synthetic_batch(model_cfg, batch_size=batch_size, seq_len=seq_len,
+                               images_per_row=images, fill=fill, seed=config.seed)
+  batch = sharding.global_batch(host_batch, mesh)
+  rng = jax.random.key(config.seed)
+  state = factory.state_from_params(factory.random_params(rng))
+
+  step_fn = functools.partial(
+      step_lib.train_step, model=model, tx=tx, schedule=schedule, trainable=trainable,
+      grad_accum_steps=config.train.grad_accum_steps,
+      loss_fn=functools.partial(loss_lib.model_loss, chunk_len=loss_chunk))
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in host_batch}
+  jitted = jax.jit(step_fn, in_shardings=(factory.shardings, batch_shardings,
+                                          sharding.replicated(mesh)),
+                   out_shardings=(factory.shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)
+  start = time.perf_counter()
+  compiled = jitted.lower(state, batch, rng).compile()
+  compile_time = time.perf_counter() - start
+
+  times, losses = [], []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+      losses.append(float(metrics["loss"]))
+  step_time = statistics.median(times)
+
+  devices = mesh.devices.size
+  step_flops = flops_lib.train_step_flops(
+      model_cfg, batch_size=batch_size, seq_len=seq_len, images_per_row=images,
+      image_tokens=image_tokens, train_llm=parts["llm"], train_projector=parts["projector"],
+      train_vision=parts["vision"])
+  device = mesh.devices.flat[0]
+  peak, peak_source = flops_lib.peak_flops(device)
+  memory, memory_source = peak_memory(device, compiled)
+  achieved = step_flops.total / step_time / devices
+  result = dict(
+      name=name or f"{model_cfg.preset}_{'+'.join(p for p, t in parts.items() if t)}",
+      device_kind=device.device_kind, platform=device.platform, devices=devices,
+      jax_version=jax.__version__, preset=model_cfg.preset, dtype=model_cfg.dtype,
+      param_dtype=model_cfg.param_dtype, remat=model_cfg.remat, attention=model_cfg.attention,
+      loss_chunk=loss_chunk,
+      llm_layers=model_cfg.llm.layers, trained=[p for p, t in parts.items() if t],
+      batch_size=batch_size, seq_len=seq_len, images_per_row=images, steps=steps,
+      compile_time_s=compile_time, step_time_s=step_time, step_times_s=times,
+      tokens_per_s=batch_size * seq_len / step_time,
+      nonpad_tokens_per_s=int(host_batch["segment_ids"].astype(bool).sum()) / step_time,
+      samples_per_s=batch_size / step_time,
+      flops_per_step=step_flops.as_dict(),
+      tflops_per_s_per_device=achieved / 1e12,
+      peak_tflops_per_device=peak / 1e12, peak_source=peak_source, mfu=achieved / peak,
+      peak_memory_bytes=memory, memory_source=memory_source, losses=losses)
+
+  if compare_torch is None:
+    compare_torch = device.platform == "cpu"
+  if compare_torch:
+    from llava_jax import bench_torch  # torch is a bench/test extra: import only when used
+    reference = bench_torch.time_torch_train_step(
+        model_cfg, host_batch, image_tokens=image_tokens, train_llm=parts["llm"],
+        train_projector=parts["projector"], learning_rate=config.optim.lr, steps=steps,
+        warmup=warmup, seed=config.seed)
+    result["torch"] = reference
+    result["ratio_vs_torch"] = step_time / reference["step_time_s"]
+  return result
+
+
+def _gib(n):
+  return "-" if n is None else f"{n / 2**30:.2f}"
+
+
+TABLE_COLUMNS = (
+    ("name", lambda r: r["name"]),
+    ("device", lambda r: f"{r['device_kind']} x{r['devices']}"),
+    ("dtype", lambda r: r["dtype"]),
+    ("remat", lambda r: r["remat"]),
+    ("attn", lambda r: r["attention"]),
+    ("L", lambda r: str(r["llm_layers"])),
+    ("BxT", lambda r: f"{r['batch_size']}x{r['seq_len']}"),
+    ("compile s", lambda r: f"{r['compile_time_s']:.1f}"),
+    ("step ms", lambda r: f"{1e3 * r['step_time_s']:.1f}"),
+    ("tok/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+    ("CE chunk", lambda r: str(r["loss_chunk"] or "-")),
+    ("TFLOP/s", lambda r: f"{r['tflops_per_s_per_device']:.3g}"),
+    ("MFU", lambda r: f"{100 * r['mfu']:.1f}%" + ("*" if r["peak_source"] == "measured" else "")),
+    ("mem GiB", lambda r: _gib(r["peak_memory_bytes"])),
+    ("vs torch", lambda r: f"{r['ratio_vs_torch']:.2f}x" if "ratio_vs_torch" in r else "-"),
+)
+
+
+def format_table(results: list[dict]) -> str:
+  """A Markdown table, one row per result (MFU* = against a measured, not a data-sheet, peak)."""
+  rows = [[fmt(r) for _, fmt in TABLE_COLUMNS] for r in results]
+  header = [name for name, _ in TABLE_COLUMNS]
+  widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+  line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_result(r: dict) -> str:
+  """The human summary of one run."""
+  lines = [
+      f"device        {r['device_kind']} x{r['devices']} ({r['platform']}, jax {r['jax_version']})",
+      f"model         {r['preset']} L={r['llm_layers']} dtype={r['dtype']} remat={r['remat']} "
+      f"attention={r['attention']} loss_chunk={r['loss_chunk']} trained={','.join(r['trained'])}",
+      f"batch         {r['batch_size']} x {r['seq_len']} tokens, {r['images_per_row']} image(s)/row",
+      f"compile       {r['compile_time_s']:.2f} s",
+      f"step          {1e3 * r['step_time_s']:.2f} ms (median of {r['steps']})",
+      f"tokens/s      {r['tokens_per_s']:,.0f} (non-pad {r['nonpad_tokens_per_s']:,.0f})",
+      f"samples/s     {r['samples_per_s']:,.2f}",
+      f"TFLOP/s/dev   {r['tflops_per_s_per_device']:.4g} of {r['peak_tflops_per_device']:.4g} "
+      f"({r['peak_source']} peak)",
+      f"MFU           {100 * r['mfu']:.2f}%",
+      f"peak memory   {_gib(r['peak_memory_bytes'])} GiB ({r['memory_source']})",
+  ]
+  if "torch" in r:
+    lines.append(f"torch step    {1e3 * r['torch']['step_time_s']:.2f} ms "
+                 f"(torch {r['torch']['torch_version']}); ours/torch = {r['ratio_vs_torch']:.3f}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if _TABLE.value:
+    results = []
+    for path in argv[1:]:
+      with open(path) as f:
+        results.append(json.load(f))
+    print(format_table(results))
+    return
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required (or --table)")
+  compare = {"auto": None, "yes": True, "no": False}[_TORCH.value]
+  result = benchmark(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, fill=_FILL.value,
+                     images_per_row=_IMAGES.value, loss_chunk=_LOSS_CHUNK.value,
+                     compare_torch=compare, name=_NAME.value)
+  out = _OUT.value or os.path.join("bench_results", f"{result['name']}.json")
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(format_result(result))
+  print(f"written       {out}")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,71 @@
+"""The reference the CPU benchmark compares against: transformers' torch LLaVA training step.
+
+Same hyperparameters as our model config (mapped by `convert/hf_config.py`), same batch, AdamW over the same trainable parts, eager
+PyTorch (what LLaVA itself trains with). Imported lazily by `bench.py`: torch is a test/bench
+extra, never needed to train.
+"""
+
+import statistics
+import time
+
+import numpy as np
+import torch
+import transformers
+
+from llava_jax.convert import hf_config
+
+
+def torch_inputs(batch: dict, image_token_id: int, image_tokens: int) -> dict:
+  """Our Batch contract → LlavaForConditionalGeneration.forward keyword arguments.
+
+  Single-sample rows only (segment ids 0/1): HF's attention mask cannot express packing.
+  transformers fills image tokens in reading order from a flat list of images, so each row
+  contributes as many images as it has runs of image tokens.
+  """
+  if np.max(batch["segment_ids"]) > 1:
+    raise ValueError("batch['segment_ids']: packed rows have no transformers equivalent.")
+  runs = (batch["input_ids"] == image_token_id).sum(axis=1) // image_tokens
+  pixels = np.concatenate([batch["pixels"][b, :n] for b, n in enumerate(runs)], axis=0)
+  return dict(
+      input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
+      attention_mask=torch.from_numpy((batch["segment_ids"] > 0).astype(np.int64)),
+      position_ids=torch.from_numpy(batch["positions"].astype(np.int64)),
+      pixel_values=torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))),
+      labels=torch.from_numpy(batch["labels"].astype(np.int64)),
+  )
+
+
+def time_torch_train_step(model_cfg, batch: dict, *, image_tokens: int, train_llm: bool,
+                          train_projector: bool, learning_rate: float, steps: int,
+                          warmup: int = 1, seed: int = 0) -> dict:
+  """Median wall time of `steps` eager torch training steps (forward, backward, AdamW)."""
+  torch.manual_seed(seed)
+  model = transformers.LlavaForConditionalGeneration(hf_config.to_hf(model_cfg))
+  model.train()
+  for p in model.model.vision_tower.parameters():
+    p.requires_grad_(False)
+  for p in model.model.multi_modal_projector.parameters():
+    p.requires_grad_(train_projector)
+  for p in list(model.model.language_model.parameters()) + list(model.lm_head.parameters()):
+    p.requires_grad_(train_llm)
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+  inputs = torch_inputs(batch, model_cfg.image_token_id, image_tokens)
+
+  def step() -> float:
+    loss = model(**inputs).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+  for _ in range(warmup):
+    step()
+  times, losses = [], []
+  for _ in range(steps):
+    start = time.perf_counter()
+    losses.append(step())
+    times.append(time.perf_counter() - start)
+  return dict(step_time_s=statistics.median(times), step_times_s=times, losses=losses,
+              torch_version=torch.__version__, threads=torch.get_num_threads(),
+              trainable_params=sum(p.numel() for p in trainable))
