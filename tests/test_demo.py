@@ -11,7 +11,7 @@ from absl.testing import absltest
 from transformers import AutoTokenizer
 
 from configs import common
-from llava_jax.data import demo, image as image_lib, records, validate
+from llava_jax.data import demo, image as image_lib, validate
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                         "demo")
