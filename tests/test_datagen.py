@@ -319,6 +319,18 @@ class GenerateTest(absltest.TestCase):
       self.assertEqual((stats["conv"].failed, stats["conv"].total), (0, 2))
       self.assertLen(server.requests, 1)
 
+  def test_request_rejected_by_the_endpoint_is_journaled_but_404_is_retried(self):
+    with tempfile.TemporaryDirectory() as out:
+      with fake_openai.FakeOpenAI(good_reply, fail_first=[400, 404]) as server:
+        stats = self.run_generate(server, out, fake_annotations(3), types=["conv"],
+                                  concurrency=1)
+      self.assertEqual(dict(stats["conv"].rejected), {"http_400": 1})
+      self.assertEqual((stats["conv"].failed, stats["conv"].total), (1, 1))
+      with fake_openai.FakeOpenAI(good_reply) as server:
+        stats = self.run_generate(server, out, fake_annotations(3), types=["conv"])
+      self.assertEqual((stats["conv"].skipped, stats["conv"].total), (2, 2))
+      self.assertLen(server.requests, 1)  # Only the 404 is sent again.
+
   def test_missing_images_are_counted_not_sent(self):
     with tempfile.TemporaryDirectory() as out, fake_openai.FakeOpenAI(good_reply) as server:
       open(os.path.join(out, "img1.jpg"), "wb").close()

@@ -17,6 +17,7 @@ from absl import flags
 from llava_jax.datagen import annotations as annotations_lib
 from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import generate
+from llava_jax.datagen import prompts
 
 _ANNOTATIONS = flags.DEFINE_list(
     "annotations", None, "A .jsonl of {image, captions, boxes}, or COCO captions[,instances] "
@@ -41,6 +42,9 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.2, "Sampling temperature.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1024, "Response length limit.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Use only the first N images.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the per-record choice of instruction wording.")
+_PROMPTS_DIR = flags.DEFINE_string(
+    "prompts_dir", prompts.PROMPTS_DIR, "Folder with conv/, detail/, reasoning/ prompt files "
+    "(system_message.txt, NNN_context.txt + NNN_response.txt pairs).")
 
 
 def main(argv):
@@ -53,7 +57,8 @@ def main(argv):
       backoff_s=_BACKOFF_S.value, timeout_s=_TIMEOUT_S.value)
   stats = generate.run(anns, _TYPES.value, client, _OUT.value, images_dir=_IMAGES.value,
                        concurrency=_CONCURRENCY.value, temperature=_TEMPERATURE.value,
-                       max_tokens=_MAX_TOKENS.value, seed=_SEED.value)
+                       max_tokens=_MAX_TOKENS.value, seed=_SEED.value,
+                       prompts_dir=_PROMPTS_DIR.value)
   print(generate.format_table(stats))
   print(f"requests sent: {client.budget.used}; records: "
         f"{os.path.join(_OUT.value, generate.MERGED_FILE)}")

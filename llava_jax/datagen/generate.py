@@ -7,7 +7,8 @@ Output directory layout:
   stats.json              counts per type (written, rejected by reason, failed, ...)
 Ids already in either journal are skipped on a re-run, so a run can be stopped (budget,
 crash, Ctrl-C) and restarted without paying twice. Failed requests (API errors after the
-retries) are not journaled and are tried again on the next run.
+retries, or a wrong key or model name) are not journaled and are tried again on the next run;
+a request the endpoint rejects as such (400, 413, 422, e.g. too long) is journaled as rejected.
 """
 
 import collections
@@ -27,6 +28,9 @@ from llava_jax.datagen import prompts
 from llava_jax.datagen.annotations import ImageAnnotation
 
 MERGED_FILE = "llava_instruct.json"
+# Statuses that reject one request's content; 401/403/404 (key, model name) stay failures, so
+# that fixing the configuration and re-running retries them.
+REQUEST_REJECTED = frozenset({400, 413, 422})
 
 
 @dataclasses.dataclass
@@ -57,7 +61,8 @@ class _Job:
 def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
         client: client_lib.ChatClient, out_dir: str, *, images_dir: str | None = None,
         concurrency: int = 4, temperature: float = 0.2, max_tokens: int = 1024,
-        seed: int = 0, progress: bool = True) -> dict[str, TypeStats]:
+        seed: int = 0, prompts_dir: str = prompts.PROMPTS_DIR,
+        progress: bool = True) -> dict[str, TypeStats]:
   """Generates records for every (annotation, type) not yet in `out_dir`; returns counts."""
   for kind in types:
     if kind not in prompts.TYPES:
@@ -81,7 +86,7 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
 
   def work(job: _Job) -> dict:
     context = context_lib.symbolic_context(job.ann, with_boxes=prompts.TYPES[job.kind])
-    text = client.complete(prompts.load(job.kind).messages(context),
+    text = client.complete(prompts.load(job.kind, prompts_dir).messages(context),
                            temperature=temperature, max_tokens=max_tokens)
     try:
       return _to_record(job, text, seed)
@@ -97,6 +102,11 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
       s = stats[job.kind]
       if isinstance(error, client_lib.BudgetExhausted):
         s.not_sent += 1
+      elif isinstance(error, client_lib.ApiError) and error.status in REQUEST_REJECTED:
+        # The endpoint refused this request itself (e.g. too long): retrying cannot help.
+        s.rejected[f"http_{error.status}"] += 1
+        rejected[job.kind].append({"id": job.id, "reason": f"http_{error.status}",
+                                   "response": str(error)})
       elif isinstance(error, client_lib.ApiError):
         s.failed += 1
         bar.write(f"{job.id}: {error}")

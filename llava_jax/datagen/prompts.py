@@ -49,7 +49,7 @@ def load(kind: str, prompts_dir: str = PROMPTS_DIR) -> Prompt:
 
 @functools.cache
 def detail_instructions(prompts_dir: str = PROMPTS_DIR) -> tuple[str, ...]:
-  """Human-turn wordings for detailed-description records, one per line."""
+  """Human-turn wordings for detailed-description records, one per line (always ours)."""
   text = _read(os.path.join(prompts_dir, "detail", "instructions.txt"))
   return tuple(line.strip() for line in text.splitlines() if line.strip())
 
