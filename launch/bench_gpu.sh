@@ -11,9 +11,9 @@
 #   launch/bench_gpu.sh --small         # the same runs on tiny shapes (checks the script on CPU)
 #   launch/bench_gpu.sh --dry-run       # print the commands only
 #
-# Needs jax (with CUDA), flax, optax, orbax-checkpoint, transformers and ml_collections; if
-# ml_collections is missing it is installed offline from a wheel in .whl/ (see BUILD.md). A run
-# that fails (e.g. out of memory) is reported and the others still run.
+# Needs jax (with CUDA), flax, optax, orbax-checkpoint and ml_collections (no Grain, no dataset);
+# if ml_collections is missing it is imported from its wheel in .whl/ (see BUILD.md). A run that
+# fails (e.g. out of memory) is retried once with safer settings; the others still run.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,8 +43,16 @@ run() {
   "$@"
 }
 
-if ((!dry_run)) && ! "$python" -c "import ml_collections" 2>/dev/null; then
-  run "$python" -m pip install --no-index --find-links .whl ml_collections
+# ml_collections is pure Python: where it is not installed, import it straight from its wheel
+# (no pip, no network; works on externally managed Pythons too).
+if ! "$python" -c "import ml_collections" 2>/dev/null; then
+  wheels=(.whl/ml_collections-*.whl)
+  if [[ ! -f "${wheels[0]}" ]]; then
+    echo "bench_gpu.sh: ml_collections is not installed and no .whl/ml_collections-*.whl" >&2
+    exit 2
+  fi
+  export PYTHONPATH="$PWD/${wheels[0]}${PYTHONPATH:+:$PYTHONPATH}"
+  echo "using ${wheels[0]}"
 fi
 # Let XLA use most of the GPU's memory (the default preallocates 75%).
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"

@@ -141,7 +141,7 @@ def table_peak_flops(device_kind: str) -> float | None:
 
 
 def measured_peak_flops(device=None, *, size: int = 1024, dtype=jnp.float32,
-                        repeats: int = 5) -> float:
+                        repeats: int = 10) -> float:
   """Best achieved FLOP/s of a square matmul: a peak estimate where the table has no entry (CPU)."""
   device = device or jax.devices()[0]
   a = jax.device_put(jnp.ones((size, size), dtype), device)
