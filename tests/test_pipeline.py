@@ -10,6 +10,7 @@ import numpy as np
 
 from configs import common
 from data_samples import BAD, LONG, good_records, qa, temp_data_dir, write_jsonl
+from llava_jax.data import image
 from llava_jax.data import pipeline
 from llava_jax.data import records
 from llava_jax.data import tokenize
@@ -78,6 +79,16 @@ class PipelineTest(parameterized.TestCase):
       # Text-only rows get zero pixels; image rows get a CLIP-normalized image.
       self.assertEqual(bool(np.any(b["pixels"][row])), n_image == 64)
       self.assertEqual(ids[0], self.tok.bos_token_id)
+
+  @parameterized.parameters("pad", "crop")
+  def test_pixels_are_clip_preprocessed(self, aspect):
+    d = self.data(path=self.clean, image_aspect=aspect)
+    example = pipeline.read_json_examples(self.clean)[0]
+    row = pipeline.SampleBuilder(d, self.model, seed=0).build(example)
+    want = image.preprocess(image.load_image(os.path.join(self.images, example.data["image"])),
+                            64, aspect)
+    np.testing.assert_allclose(row["pixels"][0], want, atol=1e-6)
+    self.assertEqual(row["pixels"].shape, (1, 64, 64, 3))
 
   def test_bad_input_is_skipped_counted_and_logged(self):
     it = self.iterator(batch=1)

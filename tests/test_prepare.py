@@ -56,7 +56,7 @@ class PrepareTest(absltest.TestCase):
     for (ex_a, a), (ex_b, b) in zip(from_json, from_shards):
       self.assertEqual((ex_a.id, ex_a.data), (ex_b.id, ex_b.data))
       self.assertEqual(a["skip"].split(":")[0], b["skip"].split(":")[0], ex_a.id)
-      for k in pipeline.BATCH_KEYS:
+      for k in pipeline.ROW_KEYS:
         if not a["skip"]:
           np.testing.assert_array_equal(a[k], b[k], err_msg=f"{ex_a.id} {k}")
 

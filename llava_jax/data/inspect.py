@@ -71,7 +71,7 @@ def inspect_record(config: ml_collections.ConfigDict, index: int) -> dict:
   builder = pipeline.SampleBuilder(config.data, config.model, config.seed)
   try:
     encoded, names, notes = builder.tokens(example, index)
-    builder.pixels(example, names, encoded.num_images)   # decoding errors skip the sample too
+    builder.pixels_uint8(example, names, encoded.num_images)   # decoding errors skip it too
   except pipeline.BadSampleError as e:
     return {"id": example.id, "skip": str(e)}
   return {"id": example.id, "input_ids": encoded.input_ids.tolist(),
