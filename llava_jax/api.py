@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
+from llava_jax import chat_api
 from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.convert import model_dir
@@ -31,7 +32,7 @@ from llava_jax.data import image as image_lib
 
 
 @dataclasses.dataclass
-class LlavaModel:
+class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
   """A loaded LLaVA: module + parameters + what it needs to read text and images.
 
   Fields are plain so that other tools (generation, chat, serving) can build on them.
