@@ -23,15 +23,39 @@ def partitioned(init, axes: Sequence[str | None]):
   return nn.with_logical_partitioning(init, tuple(axes))
 
 
-def dense(features, axes: Sequence[str | None], *, in_axis=-1, use_bias=True, dtype=None,
-          param_dtype=jnp.float32, name=None) -> nn.DenseGeneral:
-  """DenseGeneral with logical axes on kernel (`axes`) and bias (the output axes)."""
-  n_out = 1 if isinstance(features, int) else len(features)
-  return nn.DenseGeneral(
-      features=features, axis=in_axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=partitioned(default_init, axes),
-      bias_init=partitioned(nn.initializers.zeros_init(), axes[-n_out:]),
-      name=name)
+class Dense(nn.Module):
+  """y = x . kernel (+ bias), contracting the last `n_in` dims of x with the leading kernel dims.
+
+  Not nn.DenseGeneral: with multi-dim features it builds a flat kernel and reshapes it, and
+  under a mesh Flax then applies the logical constraint of the full shape to the flat one.
+  """
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]   # logical names of the kernel: input dims, then output dims
+  n_in: int = 1
+  use_bias: bool = True
+  dtype: Dtype = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[x.ndim - self.n_in:]
+    kernel = self.param("kernel", partitioned(default_init, self.axes),
+                        tuple(in_shape) + self.features, self.param_dtype)
+    dtype = self.dtype or x.dtype
+    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros_init(), self.axes[self.n_in:]),
+                        self.features, self.param_dtype)
+      y = y + bias.astype(dtype).reshape((1,) * (y.ndim - len(self.features)) + self.features)
+    return y
+
+
+def dense(features, axes: Sequence[str | None], *, n_in=1, use_bias=True, dtype=None,
+          param_dtype=jnp.float32, name=None) -> Dense:
+  """A Dense layer; `features` an int or a tuple (e.g. (heads, head_dim))."""
+  features = (features,) if isinstance(features, int) else tuple(features)
+  return Dense(features, tuple(axes), n_in, use_bias, dtype, param_dtype, name=name)
 
 
 def layer_norm(axis_name: str, eps: float, dtype, param_dtype, name=None) -> nn.LayerNorm:

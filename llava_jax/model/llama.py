@@ -75,7 +75,7 @@ class Attention(nn.Module):
       v = v_BxSxKxDh.astype(self.dtype)
     o_BxTxHxDh = layers.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v, mask_BxTxS,
                                               self.implementation)
-    out = layers.dense(cfg.dim, ("heads", "head_dim", "embed"), in_axis=(-2, -1), name="o",
+    out = layers.dense(cfg.dim, ("heads", "head_dim", "embed"), n_in=2, name="o",
                        **kw)(o_BxTxHxDh)
     return out, new_cache
 

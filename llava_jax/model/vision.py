@@ -60,7 +60,7 @@ class VisionAttention(nn.Module):
     v = layers.dense((cfg.heads, head_dim), qkv_axes, name="v", **kw)(x_BxNxD)
     o_BxNxHxDh = layers.dot_product_attention(q, k, v, None)
     return layers.dense(cfg.width, ("vision_heads", "head_dim", "vision_embed"),
-                        in_axis=(-2, -1), name="o", **kw)(o_BxNxHxDh)
+                        n_in=2, name="o", **kw)(o_BxNxHxDh)
 
 
 class VisionMlp(nn.Module):
