@@ -1,0 +1,149 @@
+r"""Chat about an image from the terminal.
+
+  python -m llava_jax.chat --ckpt=DIR --image=PATH --prompt="What is in the image?"  # one answer
+  python -m llava_jax.chat --ckpt=DIR --image=PATH                                   # interactive
+
+Interactive commands: `/image PATH` switches image (and starts a new conversation), `/reset`
+forgets the conversation, `/quit` (or end of input) leaves. Answers stream as they are decoded.
+`--ckpt` takes anything `llava_jax.load` does: a model directory, a training workdir or a
+llava-hf directory.
+"""
+
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app
+from absl import flags
+
+from llava_jax import prompting
+
+_HELP = "commands: /image PATH  (new image, new conversation)   /reset   /quit"
+
+
+class ChatError(Exception):
+  """A problem the user can fix (bad path, prompt too long); printed without a traceback."""
+
+
+def load_for_chat(ckpt: str | None):
+  """`llava_jax.load(ckpt)` with an error message that says what is missing."""
+  if not ckpt:
+    raise ChatError("--ckpt is required (a model directory, training workdir or llava-hf dir)")
+  if not os.path.exists(ckpt):
+    raise ChatError(f"checkpoint not found: {ckpt}")
+  import llava_jax.api  # deferred: loading pulls in the whole model stack
+
+  try:
+    return llava_jax.api.load(ckpt)
+  except (FileNotFoundError, ValueError) as e:
+    raise ChatError(f"cannot load checkpoint {ckpt}: {e}") from None
+
+
+def read_image(path: str) -> bytes:
+  """The encoded bytes of a local image (`file://` URLs accepted), checked to decode."""
+  path = path.strip().removeprefix("file://")
+  if not os.path.isfile(path):
+    raise ChatError(f"image not found: {path}")
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+    prompting.decode_image(data)
+  except (OSError, prompting.PromptError) as e:
+    raise ChatError(f"cannot read image {path}: {e}") from None
+  return data
+
+
+class Session:
+  """One conversation about one image; `ask` streams the answer and remembers the turn."""
+
+  def __init__(self, model, image: bytes | None, generation: dict):
+    self.model = model
+    self.image = image
+    self.generation = generation
+    self.history: list[tuple[str, str]] = []
+
+  def ask(self, question: str, write: Callable[[str], None]) -> str:
+    try:
+      pieces = self.model.chat(self.image, question, history=self.history, stream=True,
+                               **self.generation)
+      answer = []
+      for piece in pieces:
+        answer.append(piece)
+        write(piece)
+    except prompting.PromptError as e:
+      raise ChatError(str(e)) from None
+    text = "".join(answer)
+    self.history.append((question, text))
+    return text
+
+
+def interact(session: Session, read_line: Callable[[str], str], write: Callable[[str], None]):
+  """The interactive loop; `read_line` raises EOFError at end of input."""
+  write(_HELP + "\n")
+  while True:
+    try:
+      line = read_line("USER: ").strip()
+    except (EOFError, KeyboardInterrupt):
+      write("\n")
+      return
+    if not line:
+      continue
+    if line in ("/quit", "/exit"):
+      return
+    if line == "/reset":
+      session.history.clear()
+      write("(conversation reset)\n")
+      continue
+    if line.startswith("/image"):
+      try:
+        session.image = read_image(line.removeprefix("/image"))
+        session.history.clear()
+        write("(new image; conversation reset)\n")
+      except ChatError as e:
+        write(f"error: {e}\n")
+      continue
+    if line.startswith("/"):
+      write(f"unknown command {line.split()[0]}; {_HELP}\n")
+      continue
+    write("ASSISTANT: ")
+    try:
+      session.ask(line, write)
+      write("\n")
+    except ChatError as e:
+      write(f"\nerror: {e}\n")
+
+
+_CKPT = flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
+_IMAGE = flags.DEFINE_string("image", None, "Local image file (path or file:// URL).")
+_PROMPT = flags.DEFINE_string("prompt", None, "Ask this once, print the answer and exit.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Most tokens per answer.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+def _write(text: str):
+  sys.stdout.write(text)
+  sys.stdout.flush()
+
+
+def main(argv):
+  del argv
+  try:
+    image = read_image(_IMAGE.value) if _IMAGE.value else None
+    model = load_for_chat(_CKPT.value)
+    session = Session(model, image, dict(max_new_tokens=_MAX_NEW.value,
+                                         temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+                                         seed=_SEED.value))
+    if _PROMPT.value is not None:
+      session.ask(_PROMPT.value, _write)
+      _write("\n")
+      return
+  except ChatError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  interact(session, input, _write)
+
+
+if __name__ == "__main__":
+  app.run(main)
