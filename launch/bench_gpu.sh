@@ -9,6 +9,7 @@
 #
 #   launch/bench_gpu.sh                 # on the GPU machine, from anywhere
 #   launch/bench_gpu.sh --small         # the same runs on tiny shapes (checks the script on CPU)
+#   launch/bench_gpu.sh --variants      # + decoder rows that show each optimization's effect
 #   launch/bench_gpu.sh --dry-run       # print the commands only
 #
 # Needs jax (with CUDA), flax, optax, orbax-checkpoint and ml_collections (no Grain, no dataset);
@@ -19,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 small=0
+variants=0
 dry_run=0
 layers=8
 steps=5
@@ -26,12 +28,13 @@ out_dir="bench_results"
 while (($#)); do
   case "$1" in
     --small) small=1 ;;
+    --variants) variants=1 ;;
     --dry-run) dry_run=1 ;;
     --layers=*) layers="${1#*=}" ;;
     --steps=*) steps="${1#*=}" ;;
     --out=*) out_dir="${1#*=}" ;;
     --python=*) python="${1#*=}" ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench_gpu.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -95,6 +98,17 @@ bench decoder7b "${decoder[@]}" "${fast[@]}" "${common[@]}" --images_per_row=0 \
 bench stage1 "${stage1[@]}" "${fast[@]}" "${common[@]}" \
   || bench stage1_full_remat "${stage1[@]}" "${fast[@]}" "${common[@]}" \
        --config.model.attention=xla --config.model.remat=full || true
+expected=2
+if ((variants)); then
+  # Each changes one thing against decoder7b (about a minute each on an H100).
+  bench decoder7b_xla_attention "${decoder[@]}" "${fast[@]}" "${common[@]}" --images_per_row=0 \
+    --config.model.attention=xla || true
+  bench decoder7b_ce_chunk512 "${decoder[@]}" "${fast[@]}" "${common[@]}" --images_per_row=0 \
+    --loss_chunk=512 || true
+  bench decoder7b_remat_dots "${decoder[@]}" "${fast[@]}" "${common[@]}" --images_per_row=0 \
+    --config.model.remat=dots || true
+  expected=5
+fi
 
 if ((dry_run)); then exit 0; fi
 if ((${#failed[@]})); then echo "bench_gpu.sh: failed runs: ${failed[*]}" >&2; fi
@@ -103,4 +117,4 @@ if ((${#results[@]})); then
   "$python" -m llava_jax.bench --table "${results[@]}" | tee "$out_dir/gpu_table.md"
 fi
 # Success if every benchmark produced a row (possibly from its retry).
-((${#results[@]} == 2))
+((${#results[@]} == expected))
