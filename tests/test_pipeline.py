@@ -159,24 +159,27 @@ class PipelineTest(parameterized.TestCase):
         np.testing.assert_array_equal(got[k], want[k])
     self.assertEqual(restored.skip_report(), unbroken.skip_report())
 
-  def test_workers_restore_exactly_and_match_in_process(self):
-    reference = self.iterator(batch=3)
-    expected = [next(reference) for _ in range(5)]
+  def test_workers_restore_exactly_across_an_epoch_boundary(self):
     it = self.iterator(batch=3, num_workers=2)
     try:
-      first = [next(it) for _ in range(2)]
+      unbroken = [next(it) for _ in range(2)]
       state = json.loads(json.dumps(it.get_state()))
+      unbroken += [next(it) for _ in range(4)]   # 8 usable samples per epoch: crosses one
+      report = it.skip_report()
     finally:
       it.close()
     restored = self.iterator(batch=3, num_workers=2)
     try:
       restored.set_state(state)
-      rest = [next(restored) for _ in range(3)]
+      for want in unbroken[2:]:
+        got = next(restored)
+        for k in pipeline.BATCH_KEYS:
+          np.testing.assert_array_equal(got[k], want[k])
+      self.assertEqual(restored.skip_report(), report)
     finally:
       restored.close()
-    for got, want in zip(first + rest, expected):
-      for k in pipeline.BATCH_KEYS:
-        np.testing.assert_array_equal(got[k], want[k])
+    self.assertGreaterEqual(report["epoch"], 1)
+    self.assertEqual(set(report["total"]["by_reason"]), {kind for _, kind in BAD.values()})
 
   def test_each_host_reads_its_own_shard(self):
     seen = []

@@ -1,7 +1,7 @@
 """The training input pipeline on Grain: LLaVA records → batches of the Batch contract.
 
-    source ─► host shard ─► shuffle(seed, new order each epoch) ─► repeat ─► map(build_sample)
-      ─► [mp_prefetch: worker processes] ─► skip bad samples + batch ─► numpy batches
+    source ─► host shard ─► shuffle(seed, new order each epoch) ─► repeat ─► map(SampleBuilder)
+      ─► drop bad samples + batch ─► [mp_prefetch: each worker batches its slice] ─► batches
 
 Entry point for training (and notebooks):
 
@@ -10,7 +10,7 @@ Entry point for training (and notebooks):
     batch = next(it)   # input_ids, labels, segment_ids, positions: int32[B, T];
                        # pixels: float32[B, M, H, W, 3]; B = global_batch_size // process_count
     it.get_state() / it.set_state(state)         # JSON-able; grain.checkpoint.CheckpointSave(it)
-    it.skip_report()                             # skipped / fixed samples, this epoch and in total
+    it.skip_report()                 # skipped / repaired samples, this epoch and in total
 
 `config.data.path` is a LLaVA JSON / JSONL file (images under `data.image_dir`) or a directory
 written by `python -m llava_jax.data.prepare` (ArrayRecord shards with the image bytes inside).
@@ -21,7 +21,7 @@ too many images, a sample with no answer within `data.max_len`) is dropped befor
 batches stay full and shapes static — and counted with its record id and reason; the first
 `data.skip_reasons_shown` reasons are logged at the end of every epoch. An image whose text has
 no `<image>` is shown to the model anyway (`<image>\\n` prepended; warned once). In "strict"
-mode the first bad sample raises `BadSampleError` naming the record.
+mode the first bad sample raises `StrictModeError` (a records.RecordError) naming the record.
 
 Every step is deterministic in (seed, host, position in the stream), so restoring a saved
 iterator state into a new iterator yields the batches an unbroken run would, with or without
@@ -254,7 +254,15 @@ def _cached_encoder(path: str, image_token_id: int, num_image_tokens: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# Skip + batch: drops skip markers before batching (full batches), keeps the skip report.
+# Skip + batch: drops skip markers before batching (full batches) and counts them. Runs where
+# the batches are made: in each worker process, so only whole batches cross process boundaries.
+
+
+class StrictModeError(records_lib.RecordError):
+  """data.on_error="strict": the first bad sample, naming the record (picklable across workers)."""
+
+  def __reduce__(self):
+    return (StrictModeError, (self.record_id, self.field, self.reason), {"kind": self.kind})
 
 
 class _SkipAndBatchDataset(grain.IterDataset):
@@ -267,98 +275,174 @@ class _SkipAndBatchDataset(grain.IterDataset):
     self.strict = strict
     self.reasons_shown = reasons_shown
 
-  def __iter__(self) -> "SkippingBatchIterator":
-    return SkippingBatchIterator(self._parent.__iter__(), self)
+  def __iter__(self) -> "_SkippingBatchIterator":
+    return _SkippingBatchIterator(self._parent.__iter__(), self)
 
 
 def _empty_stats() -> dict[str, Any]:
-  return {"used": 0, "skipped": 0, "by_reason": {}, "first": [], "notes": {}}
+  return {"used": 0, "skipped": 0, "by_reason": {}, "first": [], "notes": {}, "first_notes": []}
 
 
-class SkippingBatchIterator(grain.DatasetIterator):
-  """The iterator make_train_iterator returns: batches, state, and the skip report."""
+def _add_stats(into: dict[str, Any], stats: dict[str, Any], shown: int) -> None:
+  into["used"] += stats["used"]
+  into["skipped"] += stats["skipped"]
+  for key in ("by_reason", "notes"):
+    for kind, n in stats[key].items():
+      into[key][kind] = into[key].get(kind, 0) + n
+  into["first"] = (into["first"] + stats["first"])[:shown]
+  into["first_notes"] = (into["first_notes"] + stats["first_notes"])[:shown]
+
+
+class _SkippingBatchIterator(grain.DatasetIterator):
+  """Pulls rows, counts and drops skip markers, stacks full batches; stats live in its state."""
+
+  _KEEP_EPOCHS = 3   # per-epoch stats kept in the state, for the end-of-epoch report
 
   def __init__(self, parent: grain.DatasetIterator, spec: _SkipAndBatchDataset):
     super().__init__(parent)
     self._spec = spec
-    self._epoch = 0
-    self._stats = _empty_stats()          # current epoch
-    self._total = _empty_stats()          # whole run
-    self._warned = False
+    self._skip_stats = {"epoch": 0, "epochs": {"0": _empty_stats()}, "total": _empty_stats()}
 
   def __next__(self) -> dict[str, np.ndarray]:
     rows, skipped_in_a_row = [], 0
     while len(rows) < self._spec.batch_size:
       element = next(self._parent)
       epoch = element["index"] // self._spec.epoch_size
-      if epoch != self._epoch:
-        self._end_epoch(epoch)
+      if epoch != self._skip_stats["epoch"]:
+        self._start_epoch(epoch)
       if element["skip"]:
         if self._spec.strict:
-          raise records_lib.RecordError(element["id"], "sample", element["skip"])
-        self._count_skip(element["id"], element["skip"])
+          kind = _reason_kind(element["skip"])
+          raise StrictModeError(element["id"], "sample", element["skip"], kind=kind)
+        self._count(element, "skipped", "by_reason", "first", element["skip"])
         skipped_in_a_row += 1
         if skipped_in_a_row >= self._spec.epoch_size:
           raise ValueError(f"a whole epoch of records was skipped; the last: record "
                            f"{element['id']}: {element['skip']}")
         continue
       skipped_in_a_row = 0
-      self._count_used(element)
+      self._count(element, "used")
+      for note in element["notes"]:
+        self._count(element, None, "notes", "first_notes", note)
       rows.append(element)
     batch = {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS[:-1]}
     batch["pixels"] = model_pixels(np.stack([r["pixels_uint8"] for r in rows]),
                                    np.stack([r["num_images"] for r in rows]))
     return batch
 
-  def _count_skip(self, record_id: str, reason: str) -> None:
-    kind = _reason_kind(reason)
-    for stats in (self._stats, self._total):
-      stats["skipped"] += 1
-      stats["by_reason"][kind] = stats["by_reason"].get(kind, 0) + 1
-      if len(stats["first"]) < self._spec.reasons_shown:
-        stats["first"].append([record_id, reason])
+  def _count(self, element, counter, by_kind=None, first=None, reason=""):
+    epoch_stats = self._skip_stats["epochs"][str(self._skip_stats["epoch"])]
+    for stats in (epoch_stats, self._skip_stats["total"]):
+      if counter:
+        stats[counter] += 1
+      if by_kind:
+        kind = _reason_kind(reason)
+        stats[by_kind][kind] = stats[by_kind].get(kind, 0) + 1
+        if len(stats[first]) < self._spec.reasons_shown:
+          stats[first].append([element["id"], reason])
 
-  def _count_used(self, element: dict[str, Any]) -> None:
-    for stats in (self._stats, self._total):
-      stats["used"] += 1
-      for note in element["notes"]:
-        kind = _reason_kind(note)
-        stats["notes"][kind] = stats["notes"].get(kind, 0) + 1
-    if element["notes"] and not self._warned and any(n.startswith("image_without_token") for n in element["notes"]):
-      self._warned = True
-      logging.warning("record %s has an image but no <image> in its text; prepended <image>\\n "
-                      "(further cases are counted in the skip report)", element["id"])
-
-  def _end_epoch(self, new_epoch: int) -> None:
-    s = self._stats
-    logging.info("data epoch %d: %d samples used, %d skipped %s, fixed %s", self._epoch, s["used"],
-                 s["skipped"], s["by_reason"], s["notes"])
-    for record_id, reason in s["first"]:
-      logging.info("  skipped record %s: %s", record_id, reason)
-    self._epoch = new_epoch
-    self._stats = _empty_stats()
-
-  def skip_report(self) -> dict[str, Any]:
-    """{"epoch", "this_epoch": stats, "total": stats}; stats = used, skipped, by_reason,
-    first (up to data.skip_reasons_shown [record id, reason] pairs), notes (fixed samples)."""
-    return json.loads(json.dumps({"epoch": self._epoch, "this_epoch": self._stats,
-                                  "total": self._total}))
+  def _start_epoch(self, epoch: int) -> None:
+    epochs = self._skip_stats["epochs"]
+    epochs[str(epoch)] = _empty_stats()
+    for old in sorted(epochs, key=int)[:-self._KEEP_EPOCHS]:
+      del epochs[old]
+    self._skip_stats["epoch"] = epoch
 
   def get_state(self) -> dict[str, Any]:
-    return {"parent": self._parent.get_state(), "epoch": self._epoch, "stats": self._stats,
-            "total": self._total, "warned": self._warned}
+    return {"parent": self._parent.get_state(), "skip_stats": json.loads(json.dumps(
+        self._skip_stats))}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
-    self._epoch = state["epoch"]
-    self._stats = json.loads(json.dumps(state["stats"]))
-    self._total = json.loads(json.dumps(state["total"]))
-    self._warned = state["warned"]
+    self._skip_stats = json.loads(json.dumps(state["skip_stats"]))
 
 
 def _reason_kind(reason: str) -> str:
   """Groups reasons for counting: the text before the first ':' ("missing_image", ...)."""
   return reason.split(":", 1)[0].strip()[:60]
+
+
+def _find_skip_stats(state: Any) -> list[dict[str, Any]]:
+  """Every batching iterator's skip stats inside a (possibly multi-worker) Grain state."""
+  if isinstance(state, dict):
+    if "skip_stats" in state:
+      return [state["skip_stats"]]
+    return [s for v in state.values() for s in _find_skip_stats(v)]
+  if isinstance(state, (list, tuple)):
+    return [s for v in state for s in _find_skip_stats(v)]
+  return []
+
+
+class TrainIterator(grain.DatasetIterator):
+  """What make_train_iterator returns: batches, checkpointable state, the skip report.
+
+  Sums the skip counts of all batching iterators (one per worker) and logs each epoch's
+  report once every worker has finished that epoch.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, reasons_shown: int):
+    super().__init__(parent)
+    self._shown = reasons_shown
+    self._logged_epoch = -1      # last epoch whose report was logged
+    self._warned = False
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._parent)
+    stats = _find_skip_stats(self._parent.get_state())
+    finished = min(s["epoch"] for s in stats) - 1
+    for epoch in range(self._logged_epoch + 1, finished + 1):
+      self._log_epoch(epoch, stats)
+    self._logged_epoch = max(self._logged_epoch, finished)
+    if not self._warned:
+      fixed = [rec for s in stats for rec, note in s["total"]["first_notes"]
+               if note.startswith("image_without_token")]
+      if fixed:
+        self._warned = True
+        logging.warning("record %s has an image but no <image> in its text; prepended <image>\\n "
+                        "(further cases are counted in skip_report()['total']['notes'])", fixed[0])
+    return batch
+
+  def _log_epoch(self, epoch: int, stats: list[dict[str, Any]]) -> None:
+    merged = _empty_stats()
+    for s in stats:
+      if str(epoch) in s["epochs"]:
+        _add_stats(merged, s["epochs"][str(epoch)], self._shown)
+    logging.info("data epoch %d: %d samples used, %d skipped %s, fixed %s", epoch, merged["used"],
+                 merged["skipped"], merged["by_reason"], merged["notes"])
+    for record_id, reason in merged["first"]:
+      logging.info("  skipped record %s: %s", record_id, reason)
+
+  def skip_report(self) -> dict[str, Any]:
+    """{"epoch", "this_epoch": stats, "total": stats}; stats = used, skipped, by_reason,
+    notes (samples used after a repair or truncation), first / first_notes (up to
+    data.skip_reasons_shown [record id, reason] pairs). "epoch" is the slowest worker's."""
+    stats = _find_skip_stats(self._parent.get_state())
+    epoch = min(s["epoch"] for s in stats)
+    this_epoch, total = _empty_stats(), _empty_stats()
+    for s in stats:
+      _add_stats(total, s["total"], self._shown)
+      if str(epoch) in s["epochs"]:
+        _add_stats(this_epoch, s["epochs"][str(epoch)], self._shown)
+    return {"epoch": epoch, "this_epoch": this_epoch, "total": total}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._parent.get_state(), "logged_epoch": self._logged_epoch,
+            "warned": self._warned}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._logged_epoch = state["logged_epoch"]
+    self._warned = state["warned"]
+
+
+class _TrainDataset(grain.IterDataset):
+
+  def __init__(self, parent: grain.IterDataset, reasons_shown: int):
+    super().__init__(parent)
+    self.reasons_shown = reasons_shown
+
+  def __iter__(self) -> TrainIterator:
+    return TrainIterator(self._parent.__iter__(), self.reasons_shown)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +452,7 @@ def _reason_kind(reason: str) -> str:
 def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, *,
                  global_batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
-  """The whole pipeline as a Grain IterDataset (iterate it for a SkippingBatchIterator)."""
+  """The whole pipeline as a Grain IterDataset (iterating it gives a TrainIterator)."""
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                      f"process_count={process_count}")
@@ -384,19 +468,21 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.
   ds = ds.shuffle(seed=seed).repeat(None)   # Grain reshuffles each epoch (seed + epoch).
   ds = ds.map_with_index(SampleBuilder(data_cfg, model_cfg, seed))
   ds = ds.to_iter_dataset()
+  ds = _SkipAndBatchDataset(ds, global_batch_size // process_count, epoch_size,
+                            strict=data_cfg.on_error == "strict",
+                            reasons_shown=data_cfg.skip_reasons_shown)
   if data_cfg.num_workers > 0:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()   # Grain's worker start-up reads absl flags.
+    # Workers batch their own slice of the stream; only whole batches cross processes.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.worker_buffer_size))
-  return _SkipAndBatchDataset(ds, global_batch_size // process_count, epoch_size,
-                              strict=data_cfg.on_error == "strict",
-                              reasons_shown=data_cfg.skip_reasons_shown)
+  return _TrainDataset(ds, data_cfg.skip_reasons_shown)
 
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                         *, global_batch_size: int, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> SkippingBatchIterator:
+                        process_count: int = 1) -> TrainIterator:
   """An endless iterator of this host's batches (see the module docstring)."""
   return iter(make_dataset(data_cfg, model_cfg, global_batch_size=global_batch_size, seed=seed,
                            process_index=process_index, process_count=process_count))
