@@ -121,7 +121,11 @@ def dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, implem
   uniform distribution instead of NaNs; their outputs are never used.
   """
   if implementation == "cudnn":
-    mask = None if mask_BxTxS is None else mask_BxTxS[:, None, :, :]
+    mask = None
+    if mask_BxTxS is not None:
+      # A fully masked row (a padding query) would give NaNs that leak into later layers'
+      # padded keys/values; let it attend everywhere instead, as the xla path effectively does.
+      mask = (mask_BxTxS | ~jnp.any(mask_BxTxS, axis=-1, keepdims=True))[:, None, :, :]
     return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask,
                                         implementation="cudnn")
   if implementation != "xla":

@@ -52,6 +52,8 @@ class LlavaConfig:
 def merge_image_features(input_ids_BxT, text_BxTxD, images_BxMxNxD, image_token_id: int):
   """Replace placeholder embeddings by image features, in order, with a static gather."""
   b, m, n, d = images_BxMxNxD.shape
+  if m * n == 0:
+    return text_BxTxD
   images_BxMNxD = images_BxMxNxD.reshape(b, m * n, d).astype(text_BxTxD.dtype)
   is_image_BxT = input_ids_BxT == image_token_id
   # The k-th placeholder of a row (counting from 0) reads flattened image feature k.
