@@ -25,8 +25,9 @@ from llava_jax.eval import text_rouge
 
 _TASK = flags.DEFINE_enum("task", None, ["scienceqa", "llava_bench", "text"], "Which evaluation.")
 _DATA = flags.DEFINE_string("data", None, "Task data file.")
+_CKPT = flags.DEFINE_string("ckpt", None, "Model to evaluate, loaded in this process.")
 _API_BASE = flags.DEFINE_string(
-    "api_base", None, "An OpenAI-compatible server serving the model (python -m llava_jax.serve).")
+    "api_base", None, "Instead of --ckpt: an OpenAI-compatible server serving the model.")
 _MODEL = flags.DEFINE_string("model", "llava", "Model name sent to --api_base.")
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default: <task>_results.json).")
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None,
@@ -47,13 +48,17 @@ _JUDGE_MAX_REQUESTS = flags.DEFINE_integer("judge_max_requests", None,
 
 
 def make_answer_fn() -> answering.AnswerFn:
-  if _API_BASE.value is None:
-    raise app.UsageError("--api_base is required")
-  client = client_lib.ChatClient(api_base=_API_BASE.value, model=_MODEL.value,
-                                 api_key=os.environ.get(_API_KEY_ENV.value))
-  return answering.server_answer_fn(client, max_tokens=_MAX_NEW_TOKENS.value,
-                                    temperature=_TEMPERATURE.value,
-                                    concurrency=_BATCH_SIZE.value)
+  if (_CKPT.value is None) == (_API_BASE.value is None):
+    raise app.UsageError("give exactly one of --ckpt and --api_base")
+  if _API_BASE.value is not None:
+    client = client_lib.ChatClient(api_base=_API_BASE.value, model=_MODEL.value,
+                                   api_key=os.environ.get(_API_KEY_ENV.value))
+    return answering.server_answer_fn(client, max_tokens=_MAX_NEW_TOKENS.value,
+                                      temperature=_TEMPERATURE.value,
+                                      concurrency=_BATCH_SIZE.value)
+  from llava_jax.eval import model_answering  # Deferred: pulls in JAX and the model.
+  return model_answering.load_answer_fn(_CKPT.value, max_new_tokens=_MAX_NEW_TOKENS.value,
+                                        temperature=_TEMPERATURE.value)
 
 
 def main(argv):

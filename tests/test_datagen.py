@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from absl.testing import absltest
@@ -21,6 +23,7 @@ from llava_jax.datagen import parse
 from llava_jax.datagen import prompts
 
 import fake_openai
+import tiny_llava
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "data", "datagen_samples")
@@ -374,6 +377,72 @@ class GenerateTest(absltest.TestCase):
       self.assertCountEqual(ids, [f"img{i}-conv" for i in range(12)])
       # At most one request was lost in flight when the first run was killed.
       self.assertBetween(len(server.requests), 12, 13)
+
+
+class RealServerTest(absltest.TestCase):
+  """Over real HTTP against this project's OpenAI-compatible server with a tiny random model:
+  its text is nonsense, so this shows that failures are parsed, counted and never crash."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    from llava_jax import api
+    from llava_jax import serve
+    cls.tmp = tempfile.mkdtemp()
+    model = api.load(tiny_llava.write_tiny_model_dir(os.path.join(cls.tmp, "model")))
+    # One request at a time: a single decode batch shape, so generation compiles once.
+    cls.server = serve.make_server(model, "127.0.0.1", 0, model_name="tiny", max_batch=1)
+    cls.thread = threading.Thread(target=cls.server.serve_forever, daemon=True)
+    cls.thread.start()
+    cls.api_base = f"http://127.0.0.1:{cls.server.server_address[1]}/v1"
+    # Short prompts so that system message + one example + query fit the tiny 512-token context.
+    cls.prompts_dir = os.path.join(cls.tmp, "prompts")
+    for kind in prompts.TYPES:
+      os.makedirs(os.path.join(cls.prompts_dir, kind))
+      for name, text in [("system_message.txt", "Write about the picture."),
+                         ("000_context.txt", "A dog.\n\ndog: [0.1, 0.2, 0.5, 0.9]"),
+                         ("000_response.txt", "Question:\nWhat is it?\n===\nAnswer:\nA dog.")]:
+        with open(os.path.join(cls.prompts_dir, kind, name), "w") as f:
+          f.write(text)
+    shutil.copy(os.path.join(prompts.PROMPTS_DIR, "detail", "instructions.txt"),
+                os.path.join(cls.prompts_dir, "detail"))
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.server.shutdown()
+    cls.server.server_close()
+    cls.server.service.worker.stop()
+    cls.thread.join(timeout=10)
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_generation_against_the_real_server(self):
+    anns = annotations.load([os.path.join(SAMPLES, "annotations.jsonl")])[:2]
+    client = client_lib.ChatClient(api_base=self.api_base, model="tiny", max_retries=1,
+                                   sleep=lambda s: None)
+    out = os.path.join(self.tmp, "out")
+    stats = generate.run(anns, list(prompts.TYPES), client, out, concurrency=2, max_tokens=12,
+                         temperature=0.0, prompts_dir=self.prompts_dir, progress=False)
+    for kind, s in stats.items():
+      self.assertEqual(s.failed + s.not_sent, 0, kind)
+      self.assertEqual(s.new + sum(s.rejected.values()), 2, kind)
+    conv_reasons = set(stats["conv"].rejected) | set(stats["reasoning"].rejected)
+    self.assertTrue(conv_reasons <= {"unparseable", "unbalanced_turns", "empty_question",
+                                     "empty_answer", "refusal", "mentions_source", "duplicate"},
+                    conv_reasons)
+    for rec in records_lib.read_records(os.path.join(out, generate.MERGED_FILE)):
+      self.assertEqual(records_lib.check_record(rec), [])
+    with open(os.path.join(out, "stats.json")) as f:
+      self.assertEqual(set(json.load(f)), set(prompts.TYPES))
+
+    # Our full few-shot prompts do not fit the tiny model's context: the server answers 400,
+    # and each request is journaled as rejected (not retried, not fatal).
+    out_long = os.path.join(self.tmp, "out_long")
+    stats = generate.run(anns, ["reasoning"], client, out_long, concurrency=2, max_tokens=12,
+                         progress=False)
+    self.assertEqual(dict(stats["reasoning"].rejected), {"http_400": 2})
+    with open(os.path.join(out_long, "reasoning.rejected.jsonl")) as f:
+      self.assertIn("context", f.readline())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from llava_jax.eval import scienceqa
 from llava_jax.eval import text_rouge
 
 import fake_openai
+import tiny_llava
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "data", "eval_samples")
@@ -233,6 +234,34 @@ class AnsweringTest(absltest.TestCase):
     self.assertLen(saved["items"], 6)
     self.assertRegex(result.stdout, r"all\s+50\.0\s+3\s+6")
     self.assertLen(server.requests, 6)
+
+
+class CheckpointTest(absltest.TestCase):
+
+  def test_cli_generates_in_process_from_a_checkpoint(self):
+    """`--ckpt`: batched generation with a tiny random model; its answers are nonsense, so
+    the point is that they are extracted, counted and scored without a crash."""
+    with tempfile.TemporaryDirectory() as tmp:
+      ckpt = tiny_llava.write_tiny_model_dir(os.path.join(tmp, "model"))
+      out = os.path.join(tmp, "sqa.json")
+      result = subprocess.run(
+          [sys.executable, "-m", "llava_jax.evaluate", "--task=scienceqa",
+           f"--data={os.path.join(SAMPLES, 'scienceqa.jsonl')}", f"--ckpt={ckpt}",
+           f"--out={out}", "--batch_size=8", "--max_new_tokens=6"],
+          cwd=REPO, capture_output=True, text=True, timeout=600,
+          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+      with open(out) as f:
+        saved = json.load(f)
+    summary = saved["summary"]
+    self.assertEqual(summary["all"]["count"], 6)
+    self.assertEqual(summary["context:IMG"]["count"], 2)
+    parsed = [item["parsed"] for item in saved["items"]]
+    self.assertEqual(summary["unparsed"], parsed.count(None))
+    self.assertEqual(summary["all"]["correct"],
+                     sum(item["parsed"] == item["target"] for item in saved["items"]))
+    self.assertTrue(all(isinstance(item["answer"], str) for item in saved["items"]))
+    self.assertIn("ScienceQA", result.stdout)
 
 
 if __name__ == "__main__":
