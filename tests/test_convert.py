@@ -9,7 +9,9 @@ import tempfile
 
 from absl import flags
 from absl.testing import absltest
+from absl.testing import flagsaver
 from absl.testing import parameterized
+import ml_dtypes
 import numpy as np
 import safetensors.numpy
 import tokenizers
@@ -32,15 +34,12 @@ def _run_cli(*args):
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-def _run_cli_in_process(*args):
+def _run_cli_in_process(command, **flag_values):
   """The CLI's main() with these flags, in this process (no interpreter start-up)."""
-  flags.FLAGS.unparse_flags()
-  command, *flag_args = args
-  flags.FLAGS(["convert", *flag_args])
-  try:
+  if not flags.FLAGS.is_parsed():   # under pytest nothing parsed them (absltest.main does)
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.as_parsed(**{k: str(v) for k, v in flag_values.items()}):
     convert_main.main(["convert", command])
-  finally:
-    flags.FLAGS.unparse_flags()
 
 
 def _canonical(tensors: dict) -> dict:
@@ -49,6 +48,42 @@ def _canonical(tensors: dict) -> dict:
 
 def _siblings(path: pathlib.Path) -> list[str]:
   return sorted(p.name for p in path.parent.iterdir())
+
+
+class TensorFilesTest(absltest.TestCase):
+  """Our streaming safetensors reader/writer against the safetensors library's files."""
+
+  def test_writer_output_reads_back_in_safetensors_and_ours(self):
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    tensors = {"a.bf16": rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16),
+               "b.f16": rng.standard_normal((7,)).astype(np.float16),
+               "c.i64": np.arange(6, dtype=np.int64).reshape(2, 3),
+               "d.f32": rng.standard_normal((4, 4)).astype(np.float32), "e.scalar": np.float32(2)}
+    writer = tensor_files.ShardedSafetensorsWriter(tmp, max_shard_bytes=40)
+    writer.add_all((k, np.asarray(v)) for k, v in tensors.items())
+    files = writer.close()
+    self.assertIn(tensor_files.SAFETENSORS_INDEX, files)
+    self.assertEqual(sorted(p.name for p in tmp.iterdir()), sorted(files))
+    from_library = fx.hf_tensors(tmp)
+    ours = tensor_files.TensorReader.from_path(tmp)
+    for key, value in tensors.items():
+      for got in (from_library[key], ours.read(key)):
+        self.assertEqual(got.dtype, np.asarray(value).dtype, key)
+        np.testing.assert_array_equal(got, value, err_msg=key)
+      self.assertEqual(ours.shape(key), np.shape(value))
+    with self.assertRaisesRegex(ValueError, "'d.f32' written twice"):
+      writer.add("d.f32", tensors["d.f32"])
+
+  def test_reader_reads_library_files(self):
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    tensors = {"x": np.arange(10, dtype=np.float32).astype(ml_dtypes.bfloat16).reshape(2, 5),
+               "y": np.ones((3,), np.int32)}
+    safetensors.numpy.save_file(tensors, tmp / "model.safetensors")
+    reader = tensor_files.TensorReader.from_path(tmp)
+    self.assertCountEqual(reader.keys(), ["x", "y"])
+    for key, value in tensors.items():
+      np.testing.assert_array_equal(reader.read(key), value)
 
 
 class ConvertLlavaHfTest(parameterized.TestCase):
@@ -191,7 +226,7 @@ class ConvertErrorsTest(parameterized.TestCase):
     source = self._broken("cli", lambda t: t.pop("vision_tower.post_layernorm.bias"))
     dest = self.tmp / "out_cli"
     with self.assertRaisesRegex(ValueError, r"vision_tower.post_layernorm.bias \(32,\)"):
-      _run_cli_in_process("from-hf", f"--hf={source}", f"--out={dest}")
+      _run_cli_in_process("from-hf", hf=source, out=dest)
     self.assertFalse(dest.exists())
 
 
@@ -234,9 +269,8 @@ class ConvertComponentsTest(parameterized.TestCase):
         "model.mm_projector.2.weight": torch.randn(48, 48), "model.mm_projector.2.bias": torch.randn(48),
     }
     torch.save(cls.projector, cls.tmp / "mm_projector.bin")
-    _run_cli_in_process("from-hf", f"--vision={cls.tmp / 'clip_vision'}",
-                        f"--llm={cls.tmp / 'llama'}", f"--projector={cls.tmp / 'mm_projector.bin'}",
-                        f"--out={cls.tmp / 'ours'}")
+    _run_cli_in_process("from-hf", vision=cls.tmp / "clip_vision", llm=cls.tmp / "llama",
+                        projector=cls.tmp / "mm_projector.bin", out=cls.tmp / "ours")
     exporter.export_llava_hf(cls.tmp / "ours", cls.tmp / "as_llava_hf")
 
   def test_every_tensor_lands_in_place(self):

@@ -1,24 +1,70 @@
 """Reading and writing Hugging Face weight files one tensor at a time.
 
-A 7B checkpoint is ~14 GB in half precision; conversion must never hold it twice, so the reader
-opens files lazily (safetensors memory-maps them) and hands out one tensor per `read(key)`, and
-the writer flushes a shard as soon as it reaches `max_shard_bytes`.
+A 7B checkpoint is ~14 GB in half precision; conversion must never hold it twice. The safetensors
+format is a little-endian u64 header length, a JSON header {name: {dtype, shape, data_offsets}}
+and the raw bytes. We read each tensor with plain file reads into a fresh array (memory-mapping,
+as `safetensors.safe_open` does, would leave every touched page counted in the process' memory)
+and write each tensor straight to disk as it comes, so at most one tensor is in flight.
 """
 
 import json
 import os
 import pathlib
+import shutil
+import struct
 from typing import Iterable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
-import safetensors
-import safetensors.numpy
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 TORCH_SINGLE = "pytorch_model.bin"
+
+_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+           "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
+           "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"),
+           "BOOL": np.dtype("?"), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+           "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2)}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+class SafetensorsFile:
+  """The header of one .safetensors file; `read(key)` reads that tensor's bytes only."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    with open(path, "rb") as f:
+      (length,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    self._data_start = 8 + length
+    self.entries = {}
+    for key, info in header.items():
+      if info["dtype"] not in _DTYPES:
+        raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+      self.entries[key] = (_DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"])
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return self.entries[key][1]
+
+  def read(self, key: str) -> np.ndarray:
+    dtype, shape, (begin, end) = self.entries[key]
+    out = np.empty(shape, dtype)
+    buffer = memoryview(out.reshape(-1).view(np.uint8))
+    if len(buffer) != end - begin:
+      raise ValueError(f"{self.path}: tensor {key!r} {shape} {dtype} needs {len(buffer)} bytes, "
+                       f"the header gives {end - begin}")
+    with open(self.path, "rb", buffering=0) as f:
+      f.seek(self._data_start + begin)
+      done = 0
+      while done < len(buffer):   # A single read returns at most ~2 GiB on Linux.
+        n = f.readinto(buffer[done:])
+        if not n:
+          raise ValueError(f"{self.path}: file ends inside tensor {key!r}")
+        done += n
+    return out
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:
@@ -72,13 +118,11 @@ class TensorReader:
   """
 
   def __init__(self, files: Sequence[str | os.PathLike]):
-    self._where = {}      # key -> open safetensors handle or loaded torch state dict
-    self._handles = []
+    self._where = {}      # key -> SafetensorsFile or loaded torch state dict
     for file in map(pathlib.Path, files):
       if file.suffix == ".safetensors":
-        source = safetensors.safe_open(str(file), framework="numpy")
-        self._handles.append(source)
-        keys = list(source.keys())
+        source = SafetensorsFile(file)
+        keys = list(source.entries)
       else:
         source = _load_torch_state_dict(file)
         keys = list(source)
@@ -101,13 +145,13 @@ class TensorReader:
     source = self._where[key]
     if isinstance(source, dict):
       return tuple(source[key].shape)
-    return tuple(source.get_slice(key).get_shape())
+    return source.shape(key)
 
   def read(self, key: str) -> np.ndarray:
     source = self._where[key]
     if isinstance(source, dict):
       return _torch_to_numpy(source[key])
-    return source.get_tensor(key)
+    return source.read(key)
 
   def __call__(self, key: str) -> np.ndarray:
     return self.read(key)
@@ -125,61 +169,84 @@ def parse_size(size: str | int) -> int:
   return int(text)
 
 
+class _ShardFile:
+  """One safetensors file being written: tensor bytes go to a side file as they come, and the
+  header (which must come first) is prepended when the shard is closed."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self._data_path = path.with_name(path.name + ".data")
+    self._data = open(self._data_path, "wb")
+    self.header = {}
+    self.nbytes = 0
+
+  def add(self, key: str, array: np.ndarray):
+    if array.dtype not in _DTYPE_NAMES:
+      raise ValueError(f"tensor {key!r}: dtype {array.dtype} has no safetensors name")
+    array = np.asarray(array, order="C")   # (ascontiguousarray would make scalars 1-d)
+    self._data.write(memoryview(array.reshape(-1).view(np.uint8)))
+    self.header[key] = {"dtype": _DTYPE_NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [self.nbytes, self.nbytes + array.nbytes]}
+    self.nbytes += array.nbytes
+
+  def close(self):
+    self._data.close()
+    header = json.dumps({"__metadata__": {"format": "pt"}, **self.header},
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)   # safetensors aligns the data start to 8 bytes
+    with open(self.path, "wb") as out, open(self._data_path, "rb") as data:
+      out.write(struct.pack("<Q", len(header)))
+      out.write(header)
+      shutil.copyfileobj(data, out, 64 * 2**20)
+    self._data_path.unlink()
+
+
 class ShardedSafetensorsWriter:
   """Writes (key, array) pairs into safetensors shards plus an index, like `save_pretrained`.
 
-  At most one shard (`max_shard_bytes`, or one tensor if larger) is buffered in memory.
-  Writes `model.safetensors` when everything fits one shard, else
-  `model-0000i-of-0000n.safetensors` and `model.safetensors.index.json`.
+  Tensors are written to disk as they arrive (memory: one tensor). A new shard starts when the
+  next tensor would take the current one past `max_shard_bytes`. Writes `model.safetensors` when
+  everything fits one shard, else `model-0000i-of-0000n.safetensors` and
+  `model.safetensors.index.json`.
   """
 
   def __init__(self, directory: str | os.PathLike, max_shard_bytes: int = 5 * 10**9):
     self._dir = pathlib.Path(directory)
     self._max = max_shard_bytes
-    self._pending: dict[str, np.ndarray] = {}
-    self._pending_bytes = 0
-    self._shards: list[list[str]] = []   # keys of each written shard
+    self._shards: list[_ShardFile] = []
     self._seen: set[str] = set()
-    self._total_bytes = 0
-
-  def _tmp_name(self, i: int) -> pathlib.Path:
-    return self._dir / f"shard-{i:05d}.safetensors.part"
-
-  def _flush(self):
-    if not self._pending:
-      return
-    safetensors.numpy.save_file(self._pending, self._tmp_name(len(self._shards)),
-                                metadata={"format": "pt"})
-    self._shards.append(list(self._pending))
-    self._pending, self._pending_bytes = {}, 0
 
   def add(self, key: str, array: np.ndarray):
     if key in self._seen:
       raise ValueError(f"tensor {key!r} written twice")
     self._seen.add(key)
-    array = np.ascontiguousarray(array)
-    if self._pending and self._pending_bytes + array.nbytes > self._max:
-      self._flush()
-    self._pending[key] = array
-    self._pending_bytes += array.nbytes
-    self._total_bytes += array.nbytes
+    current = self._shards[-1] if self._shards else None
+    if current is None or (current.header and current.nbytes + array.nbytes > self._max):
+      if current is not None:
+        current.close()
+      current = _ShardFile(self._dir / f"shard-{len(self._shards):05d}.safetensors.part")
+      self._shards.append(current)
+    current.add(key, array)
 
   def add_all(self, items: Iterable[tuple[str, np.ndarray]]):
     for key, array in items:
       self.add(key, array)
 
   def close(self) -> list[str]:
-    """Flushes and names the shards; returns the file names written."""
-    self._flush()
+    """Finishes the last shard and names the shards; returns the file names written."""
+    if not self._shards:
+      raise ValueError("no tensors were written")
+    self._shards[-1].close()
     n = len(self._shards)
     if n == 1:
-      self._tmp_name(0).rename(self._dir / SAFETENSORS_SINGLE)
+      self._shards[0].path.rename(self._dir / SAFETENSORS_SINGLE)
       return [SAFETENSORS_SINGLE]
     names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     weight_map = {}
-    for i, (name, keys) in enumerate(zip(names, self._shards)):
-      self._tmp_name(i).rename(self._dir / name)
-      weight_map.update({key: name for key in keys})
-    index = {"metadata": {"total_size": self._total_bytes}, "weight_map": weight_map}
+    for name, shard in zip(names, self._shards):
+      shard.path.rename(self._dir / name)
+      weight_map.update({key: name for key in shard.header})
+    total = sum(shard.nbytes for shard in self._shards)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (self._dir / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return names + [SAFETENSORS_INDEX]
