@@ -74,6 +74,7 @@ class ShardedTrainingTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
+    train_fixtures.use_compilation_cache()
     cls.config = train_fixtures.tiny_config()
     cls.batches = [train_fixtures.batch_of(cls.config, seed=s) for s in range(5)]
     cls.losses_1, cls.params_1, _ = cls._train(dict(data=1, fsdp=1, tensor=1), 1)

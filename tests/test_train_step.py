@@ -25,6 +25,7 @@ class _StepHarness:
   """A tiny model, its optimizer and state, and a jitted step for a given accumulation."""
 
   def __init__(self, stage: str, steps: int = 10):
+    train_fixtures.use_compilation_cache()
     self.config = train_fixtures.tiny_config(stage)
     self.model = model_lib.build(self.config.model)
     self.tx, self.schedule = optimizer.make_optimizer(self.config.optim, steps)
@@ -69,9 +70,9 @@ class FinetuneStepTest(absltest.TestCase):
 
   def test_gradient_accumulation_matches_one_big_batch(self):
     h = self.h
-    results = {a: h.step(h.fresh_state(), h.batch, a) for a in (1, 2, 4)}
+    results = {a: h.step(h.fresh_state(), h.batch, a) for a in (1, 2)}
     state_1, metrics_1 = results[1]
-    for a in (2, 4):
+    for a in (2,):
       state_a, metrics_a = results[a]
       self.assertAlmostEqual(float(metrics_a["loss"]), float(metrics_1["loss"]), places=5)
       self.assertAlmostEqual(float(metrics_a["grad_norm"]), float(metrics_1["grad_norm"]),

@@ -1,6 +1,12 @@
 """Shared by the training tests: a shrunken stage config and synthetic Batch-contract data."""
 
+import json
+import os
+import tempfile
+import time
+
 import grain
+import jax
 import ml_collections
 import numpy as np
 
@@ -21,9 +27,9 @@ def tiny_config(stage: str = "finetune", **train) -> ml_collections.ConfigDict:
   config.model.llm.update(TINY_LLM)
   config.data.max_len = 48
   config.data.num_workers = 0
-  config.train.update(dict(steps=4, batch_size=8, log_every_steps=1, **train))
+  config.train.update({**dict(steps=4, batch_size=8, log_every_steps=1), **train})
   config.checkpoint.every_steps = 2
-  config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  config.mesh.update(dict(data=-1, fsdp=1, tensor=1))   # all (8 fake) devices in tests
   return config
 
 
@@ -33,7 +39,7 @@ def command_line_overrides(config: ml_collections.ConfigDict) -> list[str]:
   flags += [f"--config.model.llm.{k}={v}" for k, v in TINY_LLM.items()]
   flags += [f"--config.data.max_len={config.data.max_len}", "--config.data.num_workers=0",
             f"--config.train.batch_size={config.train.batch_size}",
-            "--config.train.log_every_steps=1", "--config.mesh.data=1"]
+            "--config.train.log_every_steps=1"]
   return flags
 
 
@@ -73,3 +79,53 @@ def synthetic_data(config: ml_collections.ConfigDict, num_records: int = 24, see
 
 def batch_of(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
   return next(synthetic_data(config, seed=seed).iterator)
+
+
+class FaultyIterator:
+  """Wraps a Grain iterator: on the `at`-th batch (1-based) calls `fault(batch)` — e.g. send this
+  process SIGTERM, or poison the batch — and returns what it returns. State passes through."""
+
+  def __init__(self, iterator, at: int, fault):
+    self.iterator, self.at, self.fault, self.count = iterator, at, fault, 0
+
+  def __next__(self):
+    batch = next(self.iterator)
+    self.count += 1
+    return self.fault(batch) if self.count == self.at else batch
+
+  # Grain's checkpoint handler stores the state of non-Grain iterators as bytes.
+  def get_state(self) -> bytes:
+    return json.dumps(self.iterator.get_state()).encode()
+
+  def set_state(self, state: bytes):
+    self.iterator.set_state(json.loads(state))
+
+
+def train_with_slow_saves(workdir: str, steps: int, every_steps: int) -> None:
+  """Trains `tiny_config` in `workdir` with each checkpoint save taking an extra second, so that a
+  test can kill the process in the middle of one (used in a subprocess)."""
+  original = grain.checkpoint.CheckpointHandler.save
+
+  def slow_save(self, *args, **kwargs):
+    time.sleep(1.0)
+    return original(self, *args, **kwargs)
+
+  grain.checkpoint.CheckpointHandler.save = slow_save
+  config = tiny_config(steps=steps)
+  config.checkpoint.every_steps = every_steps
+  loop.run(config, workdir, synthetic_data(config))
+
+
+# Shared by the training tests' processes (and their subprocesses, through the environment):
+# XLA compiles each distinct train step once per machine instead of once per run.
+COMPILATION_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "llava_jax_test_xla_cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+def use_compilation_cache() -> None:
+  os.environ.update(COMPILATION_CACHE)
+  for name, value in COMPILATION_CACHE.items():
+    jax.config.update(name.lower(), value if name.endswith("_DIR") else int(value))

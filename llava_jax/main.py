@@ -1,0 +1,43 @@
+r"""Trains LLaVA: `python -m llava_jax.main --config=configs/finetune.py[:PRESET] [--workdir=DIR]`.
+
+Any config field can be overridden, e.g. `--config.train.steps=100 --config.mesh.fsdp=-1`.
+Re-running on a workdir with checkpoints resumes from the latest one.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from llava_jax import sharding
+
+_REPO_ROOT = pathlib.Path(__file__).absolute().parents[1]
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(_REPO_ROOT / "configs" / "finetune.py"),
+    "Training config file, optionally with ':PRESET'.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Checkpoints, metrics and config go here "
+    "(default: ./workdir/<config name>-<preset>).")
+
+
+def default_workdir(config_arg: str) -> str:
+  """'configs/finetune.py:llava15_7b' → 'workdir/finetune-llava15_7b' (preset 'demo' if none)."""
+  path, _, preset = config_arg.partition(":")
+  return str(pathlib.Path("workdir") / f"{pathlib.Path(path).stem}-{preset or 'demo'}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  sharding.initialize_distributed()
+  # Imported after distributed init: nothing may touch the JAX backend before it.
+  from llava_jax.train import loop
+  workdir = _WORKDIR.value or default_workdir(
+      config_flags.get_config_filename(flags.FLAGS["config"]))
+  print(f"workdir: {pathlib.Path(workdir).absolute()}", flush=True)
+  loop.run(_CONFIG.value, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
