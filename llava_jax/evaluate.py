@@ -28,7 +28,8 @@ _DATA = flags.DEFINE_string("data", None, "Task data file.")
 _CKPT = flags.DEFINE_string("ckpt", None, "Model to evaluate, loaded in this process.")
 _API_BASE = flags.DEFINE_string(
     "api_base", None, "Instead of --ckpt: an OpenAI-compatible server serving the model.")
-_MODEL = flags.DEFINE_string("model", "llava", "Model name sent to --api_base.")
+_MODEL = flags.DEFINE_string("model", None, "Model name sent to --api_base (default: none, "
+                             "which llava_jax.serve accepts).")
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default: <task>_results.json).")
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None,
                                  "Folder image paths are relative to (default: the data's).")

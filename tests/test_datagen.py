@@ -444,6 +444,17 @@ class RealServerTest(absltest.TestCase):
     with open(os.path.join(out_long, "reasoning.rejected.jsonl")) as f:
       self.assertIn("context", f.readline())
 
+  def test_evaluation_answers_through_the_real_server(self):
+    """The evaluators' --api_base path: an image sent as a data URL, no model name needed."""
+    from llava_jax.eval import answering
+    answer_fn = answering.server_answer_fn(
+        client_lib.ChatClient(api_base=self.api_base, model=None), max_tokens=8)
+    image = os.path.join(REPO, "data", "demo", "images", "shapes_000.png")
+    answers = answering.answer_all(["What is shown?", "Say hi."], [image, None], answer_fn,
+                                   progress=False)
+    self.assertLen(answers, 2)
+    self.assertTrue(all(isinstance(a, str) for a in answers))
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -55,7 +55,7 @@ class RequestBudget:
 class ChatClient:
   """Calls `POST {api_base}/chat/completions` and returns the first choice's text."""
   api_base: str
-  model: str
+  model: str | None
   api_key: str | None = None
   budget: RequestBudget = dataclasses.field(default_factory=lambda: RequestBudget(None))
   max_retries: int = 5
@@ -68,8 +68,11 @@ class ChatClient:
   def complete(self, messages: Sequence[dict], *, temperature: float = 0.2,
                max_tokens: int = 1024) -> str:
     """Sends one chat request (with retries); returns the assistant message text."""
-    body = json.dumps({"model": self.model, "messages": list(messages),
-                       "temperature": temperature, "max_tokens": max_tokens}).encode()
+    request_json = {"messages": list(messages), "temperature": temperature,
+                    "max_tokens": max_tokens}
+    if self.model:  # A single-model server (llava_jax.serve) needs no name.
+      request_json["model"] = self.model
+    body = json.dumps(request_json).encode()
     url = self.api_base.rstrip("/") + "/chat/completions"
     headers = {"Content-Type": "application/json"}
     if self.api_key:
