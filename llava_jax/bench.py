@@ -185,8 +185,8 @@ def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
     from llava_jax import bench_torch  # torch is a bench/test extra: import only when used
     reference = bench_torch.time_torch_train_step(
         model_cfg, host_batch, image_tokens=image_tokens, train_llm=parts["llm"],
-        train_projector=parts["projector"], learning_rate=config.optim.lr, steps=steps,
-        warmup=warmup, seed=config.seed)
+        train_projector=parts["projector"], learning_rate=config.optim.lr,
+        grad_clip_norm=config.optim.grad_clip_norm, steps=steps, warmup=warmup, seed=config.seed)
     result["torch"] = reference
     result["ratio_vs_torch"] = step_time / reference["step_time_s"]
   return result

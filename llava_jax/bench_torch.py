@@ -36,9 +36,12 @@ def torch_inputs(batch: dict, image_token_id: int, image_tokens: int) -> dict:
 
 
 def time_torch_train_step(model_cfg, batch: dict, *, image_tokens: int, train_llm: bool,
-                          train_projector: bool, learning_rate: float, steps: int,
-                          warmup: int = 1, seed: int = 0) -> dict:
-  """Median wall time of `steps` eager torch training steps (forward, backward, AdamW)."""
+                          train_projector: bool, learning_rate: float, grad_clip_norm: float,
+                          steps: int, warmup: int = 1, seed: int = 0) -> dict:
+  """Median wall time of `steps` eager torch training steps (forward, backward, clip, AdamW).
+
+  Gradients are clipped to `grad_clip_norm` (<= 0: not clipped) as HF's Trainer does for LLaVA.
+  """
   torch.manual_seed(seed)
   model = transformers.LlavaForConditionalGeneration(hf_config.to_hf(model_cfg))
   model.train()
@@ -55,6 +58,8 @@ def time_torch_train_step(model_cfg, batch: dict, *, image_tokens: int, train_ll
   def step() -> float:
     loss = model(**inputs).loss
     loss.backward()
+    if grad_clip_norm > 0:
+      torch.nn.utils.clip_grad_norm_(trainable, grad_clip_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
