@@ -1,12 +1,12 @@
 """Peak host memory of `from-hf` and `to-hf` on a large random llava-hf checkpoint.
 
-  python -m llava_jax.convert.bench_memory --workdir=/tmp/convert_bench [--llm_layers=24]
+  python -m llava_jax.convert.bench_memory --workdir=/tmp/convert_bench \
+      [--preset=llava15_7b] [--llm_dim=2048 --llm_layers=24 --llm_mlp=5504]
 
-Writes a random bfloat16 llava-hf checkpoint (CLIP ViT-L/14-336 + a LLaMA of the given size,
-sharded safetensors, generated tensor by tensor), then runs each conversion in its own process
-and reports its peak RSS (`wait4` ru_maxrss) next to the checkpoint size. The acceptance bar is
-peak RSS well under two checkpoint sizes. Needs torch (meta-device shapes only) and disk for
-three copies of the checkpoint.
+Writes a bfloat16 llava-hf checkpoint of a preset's shapes (default llava15_7b; the --llm_*
+flags shrink the decoder to fit small machines) as 5 GB safetensors shards, tensor by tensor,
+then runs each conversion in its own process and reports its peak RSS (`wait4` ru_maxrss) next
+to the checkpoint size. The bar: well under two checkpoint sizes. Needs disk for three copies.
 """
 
 import json
@@ -22,55 +22,51 @@ from absl import flags
 import ml_dtypes
 import numpy as np
 
+from configs import common
+from llava_jax.convert import exporter
+from llava_jax.convert import hf
+from llava_jax.convert import hf_config
 from llava_jax.convert import tensor_files
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/llava_convert_bench", "Scratch directory.")
-_LLM_DIM = flags.DEFINE_integer("llm_dim", 2048, "Decoder width.")
-_LLM_LAYERS = flags.DEFINE_integer("llm_layers", 24, "Decoder depth.")
-_LLM_MLP = flags.DEFINE_integer("llm_mlp", 5504, "Decoder MLP width.")
+_PRESET = flags.DEFINE_string("preset", "llava15_7b", "Model preset (configs/common.py).")
+_LLM_DIM = flags.DEFINE_integer("llm_dim", None, "Override: decoder width (heads = dim / 128).")
+_LLM_LAYERS = flags.DEFINE_integer("llm_layers", None, "Override: decoder depth.")
+_LLM_MLP = flags.DEFINE_integer("llm_mlp", None, "Override: decoder MLP width.")
 _KEEP = flags.DEFINE_bool("keep", False, "Keep the scratch directory.")
 
 
-def _llava_config():
-  import transformers  # pylint: disable=g-import-not-at-top
-  heads = _LLM_DIM.value // 128
-  return transformers.LlavaConfig(
-      vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                         num_attention_heads=16, image_size=336, patch_size=14,
-                         projection_dim=768),
-      text_config=dict(model_type="llama", vocab_size=32064, hidden_size=_LLM_DIM.value,
-                       intermediate_size=_LLM_MLP.value, num_hidden_layers=_LLM_LAYERS.value,
-                       num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=4096),
-      image_token_index=32000, projector_hidden_act="gelu", vision_feature_layer=-2,
-      vision_feature_select_strategy="default", dtype="bfloat16")
+def _model_cfg():
+  model_cfg = common.model_config(_PRESET.value)
+  if _LLM_DIM.value:
+    model_cfg.llm.dim = _LLM_DIM.value
+    model_cfg.llm.heads = model_cfg.llm.kv_heads = _LLM_DIM.value // 128
+  if _LLM_LAYERS.value:
+    model_cfg.llm.layers = _LLM_LAYERS.value
+  if _LLM_MLP.value:
+    model_cfg.llm.mlp_dim = _LLM_MLP.value
+  return model_cfg
 
 
-def write_random_checkpoint(directory: pathlib.Path) -> int:
-  """Random bf16 llava-hf checkpoint, one tensor in memory at a time; returns bytes written."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  config = _llava_config()
-  with torch.device("meta"):
-    shapes = {k: tuple(v.shape) for k, v in
-              transformers.LlavaForConditionalGeneration(config).state_dict().items()}
+def write_random_checkpoint(directory: pathlib.Path, model_cfg) -> int:
+  """A bf16 llava-hf checkpoint of `model_cfg`'s shapes, written one tensor at a time.
+
+  Names and shapes come from our own name map (no torch needed). Values are cheap constants
+  per tensor: memory and I/O are what is measured, not numerics. Returns bytes written.
+  """
+  shapes = hf.param_shapes(model_cfg)
   directory.mkdir(parents=True)
-  writer = tensor_files.ShardedSafetensorsWriter(directory, max_shard_bytes=10**9)
-  rng = np.random.default_rng(0)
+  writer = tensor_files.ShardedSafetensorsWriter(directory, max_shard_bytes=5 * 10**9)
   total = 0
-  for key, shape in shapes.items():
-    # Save-time names (language_model.model.*, vision_tower.*) as save_pretrained writes them.
-    if key.startswith("model.language_model."):
-      key = "language_model.model." + key[len("model.language_model."):]
-    elif key.startswith("model."):
-      key = key[len("model."):]
-    elif key == "lm_head.weight":
-      key = "language_model.lm_head.weight"
-    tensor = rng.standard_normal(shape, dtype=np.float32).astype(ml_dtypes.bfloat16)
-    writer.add(key, tensor)
+  for i, (name, entry) in enumerate(hf.hf_names(model_cfg).items()):
+    ours = shapes[entry.path] if entry.layer is None else shapes[entry.path][1:]
+    tensor = np.full(entry.transform.hf_shape(ours), 0.01 * (i % 97), ml_dtypes.bfloat16)
+    writer.add(exporter.on_disk_name(name), tensor)
     total += tensor.nbytes
   writer.close()
-  config.save_pretrained(directory)
+  llava_cfg = hf_config.to_hf(model_cfg)
+  llava_cfg.dtype = "bfloat16"
+  llava_cfg.save_pretrained(directory)
   return total
 
 
@@ -91,11 +87,13 @@ def main(argv):
     shutil.rmtree(work)
   hf_dir, ours, back = work / "hf", work / "ours", work / "hf_again"
   start = time.time()
-  size = write_random_checkpoint(hf_dir)
-  print(f"random checkpoint: {size / 2**30:.2f} GiB ({size // 2} bf16 params) "
-        f"in {time.time() - start:.0f}s", flush=True)
+  model_cfg = _model_cfg()
+  size = write_random_checkpoint(hf_dir, model_cfg)
+  print(f"checkpoint {_PRESET.value} (llm {model_cfg.llm.dim}x{model_cfg.llm.layers}): "
+        f"{size / 2**30:.2f} GiB, {size // 2} bf16 params, written in {time.time() - start:.0f}s",
+        flush=True)
   convert = [sys.executable, "-m", "llava_jax.convert"]
-  results = {"checkpoint_gib": size / 2**30, "params": size // 2}
+  results = {"checkpoint_gib": round(size / 2**30, 2), "params": size // 2}
   for name, command in (("from_hf", convert + ["from-hf", f"--hf={hf_dir}", f"--out={ours}"]),
                         ("to_hf", convert + ["to-hf", f"--ckpt={ours}", f"--out={back}"])):
     rss, seconds = _peak_rss_of(command)

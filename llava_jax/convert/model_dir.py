@@ -93,7 +93,9 @@ def restore_params(path: str | os.PathLike, target: Any = None) -> Any:
   dtypes are cast to the target's. Without it the saved dtypes come back.
   """
   path = pathlib.Path(path).absolute()
-  with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+  # Orbax reads every array at once by default, each through a temporary buffer; capping the
+  # bytes in flight keeps the peak near one copy of the model.
+  with ocp.Checkpointer(ocp.StandardCheckpointHandler(restore_concurrent_gb=1)) as checkpointer:
     if target is None:
       return checkpointer.restore(path)
     return checkpointer.restore(path, args=ocp.args.StandardRestore(target))
