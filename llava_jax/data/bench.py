@@ -52,11 +52,11 @@ def make_bench_data(directory: str, num_images: int = 32, seed: int = 0) -> str:
   return path
 
 
-def measure(data_cfg, model_cfg, batch: int, batches: int, warmup: int = 2) -> float:
-  """Samples per second of make_train_iterator after `warmup` batches."""
+def measure(data_cfg, model_cfg, batch: int, batches: int) -> float:
+  """Samples per second of make_train_iterator once every worker has delivered two batches."""
   it = pipeline.make_train_iterator(data_cfg, model_cfg, global_batch_size=batch, seed=0)
   try:
-    for _ in range(warmup):
+    for _ in range(2 * max(1, data_cfg.num_workers)):   # workers take seconds to start
       next(it)
     start = time.perf_counter()
     for _ in range(batches):
