@@ -79,7 +79,9 @@ class _Sigterm:
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    # With several processes JAX's preemption service owns SIGTERM (see `_preempted`): a Python
+    # handler would replace its notifier and no host would hear of the preemption.
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -125,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
       donate_argnums=0)
 
   reporter = metrics_lib.Reporter(workdir, start, num_steps, config.train.log_every_steps)
-  reporter.write(f"workdir: {workdir}\nsteps {start} -> {num_steps}, mesh {dict(mesh.shape)}, "
+  reporter.write(f"steps {start} -> {num_steps}, mesh {dict(mesh.shape)}, "
                  f"{factory.num_trainable():,} of {factory.num_params():,} parameters train")
   save = lambda step, force=False: checkpoint.save(
       manager, step, state.to_dict(), config, data.iterator, force=force)
