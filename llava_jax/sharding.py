@@ -132,15 +132,26 @@ def _processes_from_environment() -> int:
   return 1
 
 
-def initialize_distributed(timeout_s: int = 300) -> bool:
-  """Calls `jax.distributed.initialize()` once, and only when the job has several processes.
+def _tpu_chips_attached() -> int:
+  """TPU chips on this machine's PCI bus (JAX's own check; 0 if that private helper moved)."""
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0]
+  except (ImportError, AttributeError, OSError):
+    return 0
 
-  `JAX_COORDINATOR_ADDRESS` + `JAX_NUM_PROCESSES` + `JAX_PROCESS_ID` are used when set; SLURM,
-  Open MPI and Cloud TPU environments are detected by JAX itself. Returns True if initialized.
+
+def initialize_distributed(timeout_s: int = 300) -> bool:
+  """Calls `jax.distributed.initialize()` once, when the job may have several processes.
+
+  That is: the environment names several (`JAX_COORDINATOR_ADDRESS` + `JAX_NUM_PROCESSES` +
+  `JAX_PROCESS_ID`, used as given; SLURM_NTASKS > 1; Open MPI; GKE TPU host lists), or this is a
+  Cloud TPU VM, where the VMs of a pod slice (one or many) are read from the TPU metadata. JAX
+  detects everything but the explicit settings itself. Returns True if initialized.
   """
   if jax.distributed.is_initialized():
     return True
-  if _processes_from_environment() <= 1:
+  if _processes_from_environment() <= 1 and not _tpu_chips_attached():
     return False
   explicit = {}
   if os.environ.get("JAX_COORDINATOR_ADDRESS") and os.environ.get("JAX_NUM_PROCESSES"):
