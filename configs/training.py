@@ -35,8 +35,8 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
 
   c.data = common.data_config()
   c.data.update(data)
-  if not demo:
-    c.data.max_len = 2048
+  # Every demo sample fits in 192 tokens (64 image tokens + text); LLaVA's recipe is 2048.
+  c.data.max_len = 192 if demo else 2048
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = steps                # > 0 overrides epochs

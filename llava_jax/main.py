@@ -4,10 +4,12 @@ Any config field can be overridden, e.g. `--config.train.steps=100 --config.mesh
 Re-running on a workdir with checkpoints resumes from the latest one.
 """
 
+import logging
 import pathlib
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from llava_jax import sharding
@@ -27,9 +29,17 @@ def default_workdir(config_arg: str) -> str:
   return str(pathlib.Path("workdir") / f"{pathlib.Path(path).stem}-{preset or 'demo'}")
 
 
+class _QuietOrbax(logging.Filter):
+  """Drops Orbax's INFO chatter (a dozen lines per save); its warnings and errors still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   sharding.initialize_distributed()
   # Imported after distributed init: nothing may touch the JAX backend before it.
   from llava_jax.train import loop

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from llava_jax import checkpoint
 from llava_jax import sharding
+from llava_jax.convert import model_dir
 from llava_jax.train import init as init_lib
 from llava_jax.train import loop
 from llava_jax.train import metrics as metrics_lib
@@ -140,6 +141,14 @@ class LoopTest(absltest.TestCase):
     factory, _ = loop.make_factory(config, sharding.make_mesh(config.mesh), 6)
     rng = jax.random.key(7)
     config.init.params_from = str(self.straight_dir)
+    params = jax.device_get(init_lib.initial_params(config.init, factory, rng))
+    jax.tree.map(np.testing.assert_array_equal, params, self.final_params)
+
+    # A model directory as `convert from-hf` writes it.
+    model_dir_path = self.tmp / "model_dir"
+    model_dir.save_params(model_dir_path / model_dir.PARAMS, self.final_params)
+    model_dir.write_config(model_dir_path, config.model)
+    config.init.params_from = str(model_dir_path)
     params = jax.device_get(init_lib.initial_params(config.init, factory, rng))
     jax.tree.map(np.testing.assert_array_equal, params, self.final_params)
 
