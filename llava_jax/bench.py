@@ -15,12 +15,14 @@ transformers' torch LLaVA step (`llava_jax/bench_torch.py`) and the ratio of ste
 printed. Results are written as JSON (`--out`).
 """
 
+import dataclasses
 import functools
 import json
 import os
 import statistics
 import sys
 import time
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -109,6 +111,38 @@ def peak_memory(device, compiled) -> tuple[int | None, str]:
   return int(total), "xla_estimate"
 
 
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+  """The loop's train step for a config, jitted (not yet compiled), and what it runs on."""
+  mesh: jax.sharding.Mesh
+  factory: state_lib.StateFactory
+  jitted: Any              # jitted train_step(state, batch, rng) -> (state, metrics)
+  parts: dict[str, bool]   # which of vision / projector / llm train
+
+
+def setup_step(config, batch_keys, *, loss_chunk: int = 0, total_steps: int = 1,
+               devices=None) -> StepSetup:
+  """Model, optimizer, state factory and the jitted step, sharded and donated as in the loop.
+
+  The mesh is `config.mesh` over `devices` (default: all).
+  """
+  mesh = sharding.make_mesh(config.mesh, devices)
+  model = model_lib.build(config.model)
+  tx, schedule = optimizer.make_optimizer(config.optim, total_steps=total_steps)
+  trainable = tuple(config.optim.trainable)
+  factory = state_lib.StateFactory(model, config.model, tx, trainable, mesh)
+  step_fn = functools.partial(
+      step_lib.train_step, model=model, tx=tx, schedule=schedule, trainable=trainable,
+      grad_accum_steps=config.train.grad_accum_steps,
+      loss_fn=functools.partial(loss_lib.model_loss, chunk_len=loss_chunk))
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in batch_keys}
+  jitted = jax.jit(step_fn, in_shardings=(factory.shardings, batch_shardings,
+                                          sharding.replicated(mesh)),
+                   out_shardings=(factory.shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)
+  return StepSetup(mesh, factory, jitted, trained_parts(factory.abstract.params, trainable))
+
+
 def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
               images_per_row: int | None = None, loss_chunk: int = 0,
               compare_torch: bool | None = None, name: str | None = None) -> dict:
@@ -117,28 +151,15 @@ def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
   images = config.data.max_images if images_per_row is None else images_per_row
   batch_size, seq_len = config.train.batch_size, config.data.max_len
   image_tokens = common.num_image_tokens(model_cfg)
-  mesh = sharding.make_mesh(config.mesh)
-  model = model_lib.build(model_cfg)
-  tx, schedule = optimizer.make_optimizer(config.optim, total_steps=max(steps + warmup, 1))
-  trainable = tuple(config.optim.trainable)
-  factory = state_lib.StateFactory(model, model_cfg, tx, trainable, mesh)
-  parts = trained_parts(factory.abstract.params, trainable)
-
   host_batch = synthetic_batch(model_cfg, batch_size=batch_size, seq_len=seq_len,
                                images_per_row=images, fill=fill, seed=config.seed)
+  setup = setup_step(config, host_batch, loss_chunk=loss_chunk,
+                     total_steps=max(steps + warmup, 1))
+  mesh, factory, jitted, parts = setup.mesh, setup.factory, setup.jitted, setup.parts
   batch = sharding.global_batch(host_batch, mesh)
   rng = jax.random.key(config.seed)
   state = factory.state_from_params(factory.random_params(rng))
 
-  step_fn = functools.partial(
-      step_lib.train_step, model=model, tx=tx, schedule=schedule, trainable=trainable,
-      grad_accum_steps=config.train.grad_accum_steps,
-      loss_fn=functools.partial(loss_lib.model_loss, chunk_len=loss_chunk))
-  batch_shardings = {k: sharding.batch_sharding(mesh) for k in host_batch}
-  jitted = jax.jit(step_fn, in_shardings=(factory.shardings, batch_shardings,
-                                          sharding.replicated(mesh)),
-                   out_shardings=(factory.shardings, sharding.replicated(mesh)),
-                   donate_argnums=0)
   start = time.perf_counter()
   compiled = jitted.lower(state, batch, rng).compile()
   compile_time = time.perf_counter() - start
