@@ -1,7 +1,7 @@
 """A scriptable OpenAI-compatible chat-completions server on 127.0.0.1, for tests.
 
 `FakeOpenAI(reply)` serves `POST /v1/chat/completions`; `reply(request_json)` returns the
-assistant text. `fail_first=[429, 503]` answers the first requests with those statuses.
+assistant text, or (text, finish_reason). `fail_first=[429, 503]` answers the first requests with those statuses.
 Every request is recorded in `.requests`. Use as a context manager: the server stops on exit.
 """
 
@@ -44,9 +44,10 @@ class FakeOpenAI:
           if status != 200:
             return self._send(status, {"error": {"message": "scripted failure"}})
           content = server.reply(body)
+          content, finish = content if isinstance(content, tuple) else (content, "stop")
           self._send(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
                            "model": body.get("model"), "choices": [{
-                               "index": 0, "finish_reason": "stop",
+                               "index": 0, "finish_reason": finish,
                                "message": {"role": "assistant", "content": content}}]})
         finally:
           with server._lock:

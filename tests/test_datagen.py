@@ -334,6 +334,13 @@ class GenerateTest(absltest.TestCase):
       self.assertEqual((stats["conv"].skipped, stats["conv"].total), (2, 2))
       self.assertLen(server.requests, 1)  # Only the 404 is sent again.
 
+  def test_responses_cut_off_by_max_tokens_are_rejected(self):
+    with tempfile.TemporaryDirectory() as out, \
+        fake_openai.FakeOpenAI(lambda r: (good_reply(r), "length")) as server:
+      stats = self.run_generate(server, out, fake_annotations(2), types=["detail"])
+    self.assertEqual((stats["detail"].total, dict(stats["detail"].rejected)),
+                     (0, {"truncated": 2}))
+
   def test_missing_images_are_counted_not_sent(self):
     with tempfile.TemporaryDirectory() as out, fake_openai.FakeOpenAI(good_reply) as server:
       open(os.path.join(out, "img1.jpg"), "wb").close()
@@ -428,10 +435,15 @@ class RealServerTest(absltest.TestCase):
       self.assertEqual(s.new + sum(s.rejected.values()), 2, kind)
     conv_reasons = set(stats["conv"].rejected) | set(stats["reasoning"].rejected)
     self.assertTrue(conv_reasons <= {"unparseable", "unbalanced_turns", "empty_question",
-                                     "empty_answer", "refusal", "mentions_source", "duplicate"},
-                    conv_reasons)
+                                     "empty_answer", "refusal", "mentions_source", "duplicate",
+                                     "truncated"}, conv_reasons)
     for rec in records_lib.read_records(os.path.join(out, generate.MERGED_FILE)):
       self.assertEqual(records_lib.check_record(rec), [])
+    # Random weights rarely stop within 12 tokens, so most answers come back cut off
+    # ('truncated'); every rejection keeps the server's text for inspection.
+    rejected = journal.Journal(os.path.join(out, "conv.rejected.jsonl")).records
+    self.assertLen(rejected, 2 - stats["conv"].total)
+    self.assertTrue(all(r["response"] for r in rejected if r["reason"] != "duplicate"))
     with open(os.path.join(out, "stats.json")) as f:
       self.assertEqual(set(json.load(f)), set(prompts.TYPES))
 

@@ -68,6 +68,11 @@ class ChatClient:
   def complete(self, messages: Sequence[dict], *, temperature: float = 0.2,
                max_tokens: int = 1024) -> str:
     """Sends one chat request (with retries); returns the assistant message text."""
+    return self.complete_choice(messages, temperature=temperature, max_tokens=max_tokens)[0]
+
+  def complete_choice(self, messages: Sequence[dict], *, temperature: float = 0.2,
+                      max_tokens: int = 1024) -> tuple[str, str | None]:
+    """Like `complete`, also returning the choice's finish_reason ('length' = cut off)."""
     request_json = {"messages": list(messages), "temperature": temperature,
                     "max_tokens": max_tokens}
     if self.model:  # A single-model server (llava_jax.serve) needs no name.
@@ -84,7 +89,7 @@ class ChatClient:
       retry_after = None
       try:
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-          return _message_text(response.read(), url)
+          return _choice(response.read(), url)
       except urllib.error.HTTPError as e:
         detail = e.read()[:300].decode("utf-8", "replace")
         if e.code not in RETRYABLE_STATUS:
@@ -111,13 +116,14 @@ def _retry_after_s(value: str | None) -> float | None:
     return None  # An HTTP date; fall back to our own backoff.
 
 
-def _message_text(body: bytes, url: str) -> str:
+def _choice(body: bytes, url: str) -> tuple[str, str | None]:
   try:
-    content = json.loads(body)["choices"][0]["message"]["content"]
+    choice = json.loads(body)["choices"][0]
+    content = choice["message"]["content"]
   except (ValueError, KeyError, IndexError, TypeError) as e:
     raise ApiError(f"{url}: response is not a chat completion with choices[0].message.content: "
                    f"{body[:300]!r}") from e
-  return content if isinstance(content, str) else ""
+  return (content if isinstance(content, str) else ""), choice.get("finish_reason")
 
 
 def map_concurrently(fn: Callable, items: Iterable, concurrency: int) -> Iterator[tuple]:

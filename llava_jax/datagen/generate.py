@@ -86,9 +86,12 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
 
   def work(job: _Job) -> dict:
     context = context_lib.symbolic_context(job.ann, with_boxes=prompts.TYPES[job.kind])
-    text = client.complete(prompts.load(job.kind, prompts_dir).messages(context),
-                           temperature=temperature, max_tokens=max_tokens)
+    text, finish_reason = client.complete_choice(
+        prompts.load(job.kind, prompts_dir).messages(context), temperature=temperature,
+        max_tokens=max_tokens)
     try:
+      if finish_reason == "length":  # Cut off by max_tokens: the last answer is incomplete.
+        raise parse.Rejected("truncated")
       return _to_record(job, text, seed)
     except parse.Rejected as e:
       return {"id": job.id, "reason": e.reason, "response": text}

@@ -2,7 +2,8 @@
 
 A response that cannot become a good training record raises `Rejected` with a short reason
 (counted in the run's statistics): 'unparseable', 'unbalanced_turns', 'empty_question',
-'empty_answer', 'refusal', 'mentions_source'.
+'empty_answer', 'refusal', 'mentions_source' (and, in generate.py, 'truncated' for responses
+cut off by max_tokens).
 """
 
 import hashlib
