@@ -341,6 +341,13 @@ class GenerateTest(absltest.TestCase):
     self.assertEqual((stats["detail"].total, dict(stats["detail"].rejected)),
                      (0, {"truncated": 2}))
 
+  def test_repeated_image_ids_are_sent_once(self):
+    with tempfile.TemporaryDirectory() as out, fake_openai.FakeOpenAI(good_reply) as server:
+      stats = self.run_generate(server, out, fake_annotations(2) * 2, types=["conv"])
+      self.assertEqual((stats["conv"].total, dict(stats["conv"].rejected)),
+                       (2, {"repeated_image_id": 2}))
+      self.assertLen(server.requests, 2)
+
   def test_missing_images_are_counted_not_sent(self):
     with tempfile.TemporaryDirectory() as out, fake_openai.FakeOpenAI(good_reply) as server:
       open(os.path.join(out, "img1.jpg"), "wb").close()

@@ -73,16 +73,19 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
   stats = {k: TypeStats() for k in types}
   seen_keys = {parse.dedup_key(r) for k in types for r in accepted[k].records}
 
-  jobs = []
+  jobs, queued = [], set()
   for ann in annotations:
     for kind in types:
       job = _Job(kind, ann)
       if job.id in accepted[kind].ids or job.id in rejected[kind].ids:
         stats[kind].skipped += 1
+      elif job.id in queued:
+        stats[kind].rejected["repeated_image_id"] += 1  # Record ids must stay unique.
       elif images_dir is not None and not os.path.exists(os.path.join(images_dir, ann.image)):
         stats[kind].rejected["missing_image"] += 1  # Not journaled: tried again if it appears.
       else:
         jobs.append(job)
+        queued.add(job.id)
 
   def work(job: _Job) -> dict:
     context = context_lib.symbolic_context(job.ann, with_boxes=prompts.TYPES[job.kind])
