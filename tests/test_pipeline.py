@@ -4,9 +4,12 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 
 from absl.testing import absltest, parameterized
+import grain
 import numpy as np
+import orbax.checkpoint as ocp
 
 from configs import common
 from data_samples import BAD, LONG, good_records, qa, temp_data_dir, write_jsonl
@@ -90,6 +93,25 @@ class PipelineTest(parameterized.TestCase):
     np.testing.assert_allclose(row["pixels"][0], want, atol=1e-6)
     self.assertEqual(row["pixels"].shape, (1, 64, 64, 3))
 
+  def test_several_images_per_sample(self):
+    d = self.data(path=self.clean, max_images=2, max_len=256)
+    builder = pipeline.SampleBuilder(d, self.model, seed=0)
+    two = pipeline.Example("two", "x:1", qa("two", "<image>\nAnd <image>\nSame?", "No.",
+                                            image=["img0.png", "img1.png"]))
+    row = builder.build(two)
+    self.assertEqual(row["pixels"].shape, (2, 64, 64, 3))
+    np.testing.assert_allclose(row["pixels"][1], image.preprocess(
+        image.load_image(os.path.join(self.images, "img1.png")), 64, "pad"), atol=1e-6)
+    starts = np.flatnonzero(np.diff((row["input_ids"] == self.model.image_token_id).astype(int))
+                            == 1)
+    self.assertLen(starts, 2)   # two separate runs of 64 image tokens
+    one = pipeline.Example("one", "x:2", qa("one", "<image>\nWhat?", image="img0.png"))
+    self.assertFalse(builder.build(one)["pixels"][1].any())   # zeros past the sample's images
+    three = pipeline.Example("three", "x:3", qa("three", "<image><image><image>", image=[
+        "img0.png", "img1.png", "img2.png"]))
+    with self.assertRaisesRegex(pipeline.BadSampleError, "too_many_images"):
+      builder.build(three)
+
   def test_bad_input_is_skipped_counted_and_logged(self):
     it = self.iterator(batch=1)
     used = len(self.good) + 1
@@ -158,6 +180,21 @@ class PipelineTest(parameterized.TestCase):
       for k in pipeline.BATCH_KEYS:
         np.testing.assert_array_equal(got[k], want[k])
     self.assertEqual(restored.skip_report(), unbroken.skip_report())
+
+  def test_orbax_checkpoint_of_the_iterator(self):
+    it = self.iterator(batch=3)
+    next(it)
+    with tempfile.TemporaryDirectory() as d:
+      manager = ocp.CheckpointManager(d, item_names=("data_iter",))
+      manager.save(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+      manager.wait_until_finished()
+      want = [next(it) for _ in range(3)]
+      restored = self.iterator(batch=3)
+      manager.restore(1, args=ocp.args.Composite(
+          data_iter=grain.checkpoint.CheckpointRestore(restored)))
+      manager.close()
+    for w in want:
+      np.testing.assert_array_equal(next(restored)["input_ids"], w["input_ids"])
 
   def test_workers_restore_exactly_across_an_epoch_boundary(self):
     it = self.iterator(batch=3, num_workers=2)
