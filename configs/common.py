@@ -80,7 +80,7 @@ def mesh_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
 
-# The demo dataset ships inside the repository; absolute paths keep the defaults usable from any cwd.
+# The demo dataset ships in the repository; absolute paths keep the defaults usable from any cwd.
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(_REPO_ROOT, "data", "demo")
 
@@ -91,13 +91,13 @@ def data_config() -> ml_collections.ConfigDict:
   # LLaVA JSON / JSONL file, or a directory written by `python -m llava_jax.data.prepare`.
   c.path = os.path.join(DEMO_DIR, "finetune.json")
   c.image_dir = os.path.join(DEMO_DIR, "images")  # `image` fields are relative to this folder.
-  c.on_error = "skip"           # "skip": count + log bad records; "strict": raise naming the record.
+  c.on_error = "skip"           # "skip": count + log bad records; "strict": raise naming it
   c.template = "vicuna_v1"      # "plain" (stage 1) | "vicuna_v1" | "llama_2"
   c.tokenizer = os.path.join(DEMO_DIR, "tokenizer")  # directory of HF tokenizer files
-  c.max_len = 256               # tokens per row, padded; the tiny model's 64 image tokens + text fit
+  c.max_len = 256               # tokens per row, padded; the tiny model's 64 image tokens + text
   c.max_images = 1              # M in pixels[B, M, H, W, 3]
   c.image_aspect = "pad"        # "pad" (LLaVA-1.5 expand-to-square) | "crop" (CLIP center crop)
-  c.random_image_position = False  # True: put the first-turn image before/after the question at random
+  c.random_image_position = False  # True: first-turn image before/after the question at random
   c.num_workers = 2             # Grain worker processes; 0 = decode in the calling process
   c.worker_buffer_size = 2      # elements each worker prepares ahead
   c.skip_reasons_shown = 5      # how many skip reasons the end-of-epoch report prints

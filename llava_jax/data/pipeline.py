@@ -28,7 +28,6 @@ iterator state into a new iterator yields the batches an unbroken run would, wit
 worker processes and across epoch boundaries (the skip counts are part of the state).
 """
 
-import collections
 import dataclasses
 import functools
 import json

@@ -118,7 +118,8 @@ class SegmentEncoder:
       kept += 1
     if kept == 0:
       need = len(self.encode_round(rounds[0])[0]) if rounds else 0
-      raise SampleDropped(f"too long: the first round alone needs {need} tokens > max_len={max_len}")
+      raise SampleDropped(f"too long: the first round alone needs {need} tokens > "
+                          f"max_len={max_len}")
     if all(l == IGNORE for l in labels):
       raise SampleDropped("no supervised token")
     return Encoded(np.asarray(ids, np.int32), np.asarray(labels, np.int32), images,
