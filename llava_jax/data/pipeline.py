@@ -25,7 +25,9 @@ mode the first bad sample raises `StrictModeError` (a records.RecordError) namin
 
 Every step is deterministic in (seed, host, position in the stream), so restoring a saved
 iterator state into a new iterator yields the batches an unbroken run would, with or without
-worker processes and across epoch boundaries (the skip counts are part of the state).
+worker processes and across epoch boundaries (the skip counts are part of the state). Each
+worker batches its own slice of the stream, so the batch order depends on `data.num_workers`:
+resume with the worker count the state was saved with.
 """
 
 import dataclasses
