@@ -180,6 +180,8 @@ class PipelineTest(parameterized.TestCase):
       for k in pipeline.BATCH_KEYS:
         np.testing.assert_array_equal(got[k], want[k])
     self.assertEqual(restored.skip_report(), unbroken.skip_report())
+    with self.assertRaisesRegex(ValueError, "saved with data.num_workers=0"):
+      self.iterator(batch=3, num_workers=2).set_state(state)   # fails before starting workers
 
   def test_orbax_checkpoint_of_the_iterator(self):
     it = self.iterator(batch=3)

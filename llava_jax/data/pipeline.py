@@ -379,9 +379,10 @@ class TrainIterator(grain.DatasetIterator):
   report once every worker has finished that epoch.
   """
 
-  def __init__(self, parent: grain.DatasetIterator, reasons_shown: int):
+  def __init__(self, parent: grain.DatasetIterator, reasons_shown: int, num_workers: int):
     super().__init__(parent)
     self._shown = reasons_shown
+    self._num_workers = num_workers
     self._logged_epoch = -1      # last epoch whose report was logged
     self._warned = False
 
@@ -428,9 +429,13 @@ class TrainIterator(grain.DatasetIterator):
 
   def get_state(self) -> dict[str, Any]:
     return {"parent": self._parent.get_state(), "logged_epoch": self._logged_epoch,
-            "warned": self._warned}
+            "warned": self._warned, "num_workers": self._num_workers}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    if state["num_workers"] != self._num_workers:
+      raise ValueError(f"the data iterator state was saved with data.num_workers="
+                       f"{state['num_workers']} (batch order depends on it); resume with that "
+                       f"value instead of {self._num_workers}")
     self._parent.set_state(state["parent"])
     self._logged_epoch = state["logged_epoch"]
     self._warned = state["warned"]
@@ -438,12 +443,13 @@ class TrainIterator(grain.DatasetIterator):
 
 class _TrainDataset(grain.IterDataset):
 
-  def __init__(self, parent: grain.IterDataset, reasons_shown: int):
+  def __init__(self, parent: grain.IterDataset, reasons_shown: int, num_workers: int):
     super().__init__(parent)
     self.reasons_shown = reasons_shown
+    self.num_workers = num_workers
 
   def __iter__(self) -> TrainIterator:
-    return TrainIterator(self._parent.__iter__(), self.reasons_shown)
+    return TrainIterator(self._parent.__iter__(), self.reasons_shown, self.num_workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,7 +484,7 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.
     # Workers batch their own slice of the stream; only whole batches cross processes.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.worker_buffer_size))
-  return _TrainDataset(ds, data_cfg.skip_reasons_shown)
+  return _TrainDataset(ds, data_cfg.skip_reasons_shown, data_cfg.num_workers)
 
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
