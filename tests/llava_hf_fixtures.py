@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face checkpoints for the conversion and API tests (built, never downloaded)."""
+"""Tiny random Hugging Face checkpoints for the conversion and API tests (built, not downloaded)."""
 
 import json
 import pathlib

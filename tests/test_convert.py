@@ -149,7 +149,8 @@ class ConvertLlavaHfTest(parameterized.TestCase):
     reloaded = transformers.LlavaForConditionalGeneration.from_pretrained(back).eval()
     ids = torch.tensor([[1, 7, fx.IMAGE_TOKEN_ID] + [9, 10, 11]])
     ids = torch.cat([ids[:, :2], torch.full((1, 16), fx.IMAGE_TOKEN_ID), ids[:, 3:]], 1)
-    pixels = torch.randn(1, 3, fx.IMAGE_SIZE, fx.IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(1, 3, fx.IMAGE_SIZE, fx.IMAGE_SIZE,
+                         generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
       want = self.hf_model(input_ids=ids, pixel_values=pixels).logits
       got = reloaded(input_ids=ids, pixel_values=pixels).logits
@@ -265,8 +266,10 @@ class ConvertComponentsTest(parameterized.TestCase):
     cls.llama.save_pretrained(cls.tmp / "llama")
     _word_tokenizer(cls.tmp / "llama", 1000)
     cls.projector = {
-        "model.mm_projector.0.weight": torch.randn(48, 32), "model.mm_projector.0.bias": torch.randn(48),
-        "model.mm_projector.2.weight": torch.randn(48, 48), "model.mm_projector.2.bias": torch.randn(48),
+        "model.mm_projector.0.weight": torch.randn(48, 32),
+        "model.mm_projector.0.bias": torch.randn(48),
+        "model.mm_projector.2.weight": torch.randn(48, 48),
+        "model.mm_projector.2.bias": torch.randn(48),
     }
     torch.save(cls.projector, cls.tmp / "mm_projector.bin")
     _run_cli_in_process("from-hf", vision=cls.tmp / "clip_vision", llm=cls.tmp / "llama",

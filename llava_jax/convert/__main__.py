@@ -17,7 +17,7 @@ from llava_jax.convert import importer
 from llava_jax.convert import exporter
 from llava_jax.convert import tensor_files
 
-_OUT = flags.DEFINE_string("out", None, "Destination directory (must not exist without --overwrite).")
+_OUT = flags.DEFINE_string("out", None, "Destination (must not exist without --overwrite).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out once complete.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                            "Cast every tensor to this dtype; default keeps the stored dtypes.")
@@ -68,7 +68,8 @@ def _to_hf():
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: python -m llava_jax.convert {{{'|'.join(COMMANDS)}}} --out=DIR ...")
+    raise app.UsageError(
+        f"usage: python -m llava_jax.convert {{{'|'.join(COMMANDS)}}} --out=DIR ...")
   if not _OUT.value:
     raise app.UsageError("--out is required")
   {"from-hf": _from_hf, "to-hf": _to_hf}[argv[1]]()

@@ -6,7 +6,6 @@ safetensors shards of at most `max_shard_bytes`.
 """
 
 import json
-import pathlib
 
 import numpy as np
 

@@ -77,10 +77,11 @@ def save_params(path: str | os.PathLike, params: Any):
   """Writes {'params': params} (numpy or jax leaves) as an Orbax checkpoint at `path`."""
   # By default Orbax deep-copies every host array up front (a second copy of the model) and
   # writes them all at once; the conversion owns its arrays, so skip the copy and cap the bytes
-  # in flight. The files are the same as StandardSave's.
+  # in flight (weights hardly compress; zstd buffers cost a copy). StandardRestore reads it.
   registry = ocp.type_handlers.create_type_handler_registry(
       (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
-  handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, type_handler_registry=registry, use_compression=False)
+  handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, type_handler_registry=registry,
+                                        use_compression=False)
   params = jax.tree.map(np.asarray, params)
   with ocp.Checkpointer(handler) as checkpointer:
     checkpointer.save(pathlib.Path(path).absolute(), args=ocp.args.PyTreeSave({"params": params}))
