@@ -231,7 +231,7 @@ class SampleBuilder:
 def model_pixels(pixels_BxMxSxSx3: np.ndarray, num_images_B: np.ndarray) -> np.ndarray:
   """uint8 crops → float32[B, M, S, S, 3] CLIP-normalized, zeros where a row has no image m.
 
-  Same values as image.normalize (to float32 rounding), as one fused multiply-add.
+  Same values as image.normalize (to float32 rounding), as one multiply and one add.
   """
   std = np.asarray(image_lib.CLIP_STD, np.float32)
   scale = np.float32(1 / 255) / std
