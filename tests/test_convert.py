@@ -325,6 +325,15 @@ class ConvertComponentsTest(parameterized.TestCase):
     np.testing.assert_array_equal(params["vision"]["pre_norm"]["scale"],
                                   self.clip.pre_layrnorm.weight.detach().numpy())
 
+  def test_linear_projector_has_no_llava_hf_form(self):
+    ours = self.tmp / "ours_linear"
+    importer.import_components(self.tmp / "clip_vision", self.tmp / "llama", ours,
+                               projector_type="linear")
+    dest = self.tmp / "linear_hf"
+    with self.assertRaisesRegex(ValueError, "mlp2x_gelu"):
+      exporter.export_llava_hf(ours, dest)
+    self.assertFalse(dest.exists())
+
   def test_bad_projector_names_key_and_shapes(self):
     bad = dict(self.projector)
     bad["model.mm_projector.2.weight"] = torch.randn(48, 40)
