@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import numpy as np
@@ -151,12 +152,20 @@ def initialize_distributed(timeout_s: int = 300) -> bool:
   """
   if jax.distributed.is_initialized():
     return True
-  if _processes_from_environment() <= 1 and not _tpu_chips_attached():
+  only_tpu_says_so = _processes_from_environment() <= 1
+  if only_tpu_says_so and not _tpu_chips_attached():
     return False
   explicit = {}
   if os.environ.get("JAX_COORDINATOR_ADDRESS") and os.environ.get("JAX_NUM_PROCESSES"):
     explicit = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                     num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                     process_id=int(os.environ["JAX_PROCESS_ID"]))
-  jax.distributed.initialize(initialization_timeout=timeout_s, **explicit)
+  try:
+    jax.distributed.initialize(initialization_timeout=timeout_s, **explicit)
+  except ValueError as e:
+    if not only_tpu_says_so:
+      raise
+    # TPU chips but no pod metadata JAX can read (not a Cloud TPU VM): run as one process.
+    logging.warning("TPU chips found but no TPU pod metadata (%s); running as one process", e)
+    return False
   return True
