@@ -217,6 +217,23 @@ class InitializeDistributedTest(absltest.TestCase):
     self.assertTrue(done)
     initialize.assert_called_once_with(initialization_timeout=9)
 
+  def test_tpu_machine_without_pod_metadata_runs_as_one_process(self):
+    with mock.patch.object(jax.distributed, "initialize",
+                           side_effect=ValueError("coordinator_address should be defined.")):
+      clean = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SLURM_", "TPU_", "JAX_", "OMPI_"))}
+      with mock.patch.dict(os.environ, clean, clear=True), \
+           mock.patch.object(sharding, "_tpu_chips_attached", return_value=1), \
+           mock.patch.object(jax.distributed, "is_initialized", return_value=False):
+        self.assertFalse(sharding.initialize_distributed())
+      # Explicit settings that do not work are an error, never a silent single-process run.
+      env = {**clean, "JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234", "JAX_NUM_PROCESSES": "2",
+             "JAX_PROCESS_ID": "0"}
+      with mock.patch.dict(os.environ, env, clear=True), \
+           mock.patch.object(jax.distributed, "is_initialized", return_value=False), \
+           self.assertRaises(ValueError):
+        sharding.initialize_distributed()
+
   def test_explicit_coordinator(self):
     done, initialize = self._initialize({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234",
                                          "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
