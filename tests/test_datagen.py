@@ -49,6 +49,13 @@ def good_reply(request: dict) -> str:
   return f"{saved_response(name)} ({first_caption})"
 
 
+def line_count(path: str) -> int:
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return f.read().count("\n")
+
+
 def fake_annotations(n: int) -> list[annotations.ImageAnnotation]:
   return [annotations.ImageAnnotation(id=f"img{i}", image=f"img{i}.jpg",
                                       captions=(f"Caption number {i}.", "Another one."),
@@ -371,14 +378,13 @@ class GenerateTest(absltest.TestCase):
       proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
       journal_path = os.path.join(out, "conv.jsonl")
       deadline = time.time() + 60
-      while time.time() < deadline and not (
-          os.path.exists(journal_path) and open(journal_path).read().count("\n") >= 3):
+      while time.time() < deadline and line_count(journal_path) < 3:
         time.sleep(0.02)
       proc.send_signal(signal.SIGKILL)
       proc.wait(timeout=10)
       proc.stdout.close()
       proc.stderr.close()
-      written_before = open(journal_path).read().count("\n")
+      written_before = line_count(journal_path)
       self.assertBetween(written_before, 3, 11)
       with open(journal_path, "a") as f:  # A write cut short by the crash.
         f.write('{"id": "img11-conv", "image": "img1')
