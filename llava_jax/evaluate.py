@@ -7,7 +7,8 @@ r"""Evaluate a model on ScienceQA, LLaVA-Bench or text tasks.
 
 `--ckpt` loads the model in this process (anything `llava_jax.load` accepts) and generates in
 batches of --batch_size; `--api_base` instead asks a running OpenAI-compatible server (such as
-`python -m llava_jax.serve`). Writes --out (JSON: summary + per-item answers) and prints a table.
+`python -m llava_jax.serve`). Writes --out (JSON: summary + per-item answers) and prints a table;
+llava_bench also keeps the judge's reviews in <out>.reviews.jsonl and reuses them on a re-run.
 Task details and data formats: `llava_jax/eval/{scienceqa,llava_bench,text_rouge}.py`.
 """
 
@@ -69,6 +70,7 @@ def main(argv):
   answer_fn = make_answer_fn()
   image_dir = _IMAGE_DIR.value or os.path.dirname(os.path.abspath(_DATA.value))
   limit = slice(None, _LIMIT.value)
+  out = _OUT.value or f"{_TASK.value}_results.json"
   if _TASK.value == "scienceqa":
     summary, items = scienceqa.evaluate(
         scienceqa.load(_DATA.value, _SPLIT.value)[limit], answer_fn, image_dir=image_dir,
@@ -81,13 +83,12 @@ def main(argv):
         budget=client_lib.RequestBudget(_JUDGE_MAX_REQUESTS.value))
     summary, items = llava_bench.evaluate(
         llava_bench.load(_DATA.value)[limit], answer_fn, judge, image_dir=image_dir,
-        batch_size=_BATCH_SIZE.value)
+        batch_size=_BATCH_SIZE.value, reviews_path=f"{out}.reviews.jsonl")
     table = llava_bench.table(summary)
   else:
     summary, items = text_rouge.evaluate(text_rouge.load(_DATA.value)[limit], answer_fn,
                                          batch_size=_BATCH_SIZE.value)
     table = text_rouge.table(summary)
-  out = _OUT.value or f"{_TASK.value}_results.json"
   results.write(out, _TASK.value, summary, items)
   print(table)
   print(f"results: {out}")

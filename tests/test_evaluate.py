@@ -144,6 +144,23 @@ class LlavaBenchTest(parameterized.TestCase):
     self.assertIn("[Assistant 2]\nThey are purple.\n\n[End of Assistant 2]", prompt)
     self.assertIn("conv", llava_bench.table(summary))
 
+  def test_judge_reviews_are_reused_on_a_rerun(self):
+    questions = llava_bench.load(os.path.join(SAMPLES, "llava_bench.jsonl"))
+    with tempfile.TemporaryDirectory() as tmp, \
+        fake_openai.FakeOpenAI(lambda r: "8 6", fail_first=[400]) as server:
+      judge = client_lib.ChatClient(api_base=server.api_base, model="judge")
+      reviews = os.path.join(tmp, "reviews.jsonl")
+      run = lambda answers: llava_bench.evaluate(
+          questions, fake_model(answers), judge, image_dir=SAMPLES, judge_concurrency=1,
+          reviews_path=reviews, progress=False)
+      self.assertEqual(run({})[0]["unscored"], 1)  # The first review failed (HTTP 400).
+      self.assertLen(server.requests, 3)
+      summary, _ = run({})
+      self.assertEqual(summary["all"]["count"], 3)
+      self.assertLen(server.requests, 4)  # Only the failed review is asked again.
+      run({"color": "A different answer."})
+      self.assertLen(server.requests, 5)  # A changed answer needs a new review.
+
   def test_judge_failures_are_counted_not_fatal(self):
     questions = llava_bench.load(os.path.join(SAMPLES, "llava_bench.jsonl"))
     with fake_openai.FakeOpenAI(lambda r: "8 8", fail_first=[400]) as server:
@@ -234,6 +251,28 @@ class AnsweringTest(absltest.TestCase):
     self.assertLen(saved["items"], 6)
     self.assertRegex(result.stdout, r"all\s+50\.0\s+3\s+6")
     self.assertLen(server.requests, 6)
+
+  def test_llava_bench_cli_with_a_judge(self):
+    def reply(request):  # One server plays both the model and the judge.
+      judged = request["messages"][0]["content"] == llava_bench.JUDGE_SYSTEM
+      return "9 6\nReasons." if judged else "Purple."
+
+    with tempfile.TemporaryDirectory() as tmp, fake_openai.FakeOpenAI(reply) as server:
+      out = os.path.join(tmp, "bench.json")
+      result = subprocess.run(
+          [sys.executable, "-m", "llava_jax.evaluate", "--task=llava_bench",
+           f"--data={os.path.join(SAMPLES, 'llava_bench.jsonl')}",
+           f"--api_base={server.api_base}", f"--judge_api_base={server.api_base}",
+           f"--out={out}", "--api_key_env=LLAVA_JAX_TEST_UNSET_KEY"],
+          cwd=REPO, capture_output=True, text=True, timeout=120)
+      self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+      with open(out) as f:
+        summary = json.load(f)["summary"]
+      self.assertTrue(os.path.exists(out + ".reviews.jsonl"))
+    self.assertAlmostEqual(summary["all"]["relative"], 6 / 9 * 100)
+    self.assertEqual({k: v["count"] for k, v in summary.items() if isinstance(v, dict)},
+                     {"all": 3, "conv": 1, "detail": 1, "complex": 1})
+    self.assertRegex(result.stdout, r"all\s+66\.7")
 
 
 class CheckpointTest(absltest.TestCase):

@@ -17,6 +17,7 @@ import os
 import re
 
 from llava_jax.datagen import client as client_lib
+from llava_jax.datagen import journal
 from llava_jax.eval import answering
 from llava_jax.eval import results as results_lib
 
@@ -99,11 +100,19 @@ def parse_scores(review: str) -> tuple[float, float] | None:
 
 def evaluate(questions: list[Question], answer_fn: answering.AnswerFn,
              judge: client_lib.ChatClient, *, image_dir: str, batch_size: int = 8,
-             judge_concurrency: int = 4, progress: bool = True) -> tuple[dict, list[dict]]:
+             judge_concurrency: int = 4, reviews_path: str | None = None,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+  """Answers, has the judge review each answer, returns (summary, per-question items).
+
+  reviews_path: optional JSONL journal of judge reviews; a review for the same question and
+    the same answer is reused instead of paying for it again (e.g. after a crash).
+  """
   answers = answering.answer_all(
       [q.question for q in questions],
       [os.path.join(image_dir, q.image) if q.image else None for q in questions],
       answer_fn, batch_size=batch_size, desc="llava_bench", progress=progress)
+  cache = journal.Journal(reviews_path) if reviews_path else None
+  cached = {(r["id"], r["answer"]): r["review"] for r in (cache.records if cache else [])}
 
   def review(index: int) -> str:
     return judge.complete([{"role": "system", "content": JUDGE_SYSTEM},
@@ -113,13 +122,24 @@ def evaluate(questions: list[Question], answer_fn: answering.AnswerFn,
 
   reviews: dict[int, str | None] = {}
   errors: dict[int, str] = {}
-  for index, text, error in client_lib.map_concurrently(review, range(len(questions)),
-                                                        judge_concurrency):
-    reviews[index] = text
-    if error is not None:
-      if not isinstance(error, (client_lib.ApiError, client_lib.BudgetExhausted)):
-        raise error
-      errors[index] = str(error)
+  todo = []
+  for index, question in enumerate(questions):
+    if (question.id, answers[index]) in cached:
+      reviews[index] = cached[(question.id, answers[index])]
+    else:
+      todo.append(index)
+  try:
+    for index, text, error in client_lib.map_concurrently(review, todo, judge_concurrency):
+      reviews[index] = text
+      if error is not None:
+        if not isinstance(error, (client_lib.ApiError, client_lib.BudgetExhausted)):
+          raise error
+        errors[index] = str(error)
+      elif cache is not None:
+        cache.append({"id": questions[index].id, "answer": answers[index], "review": text})
+  finally:
+    if cache is not None:
+      cache.close()
   scores = collections.defaultdict(list)
   items = []
   for i, (question, answer) in enumerate(zip(questions, answers)):
