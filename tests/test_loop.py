@@ -160,6 +160,26 @@ class LoopTest(absltest.TestCase):
     jax.tree.map(np.testing.assert_array_equal, params["llm"], random["llm"])
 
 
+class ConfigCheckTest(absltest.TestCase):
+
+  def test_bad_settings_fail_before_training(self):
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    config = train_fixtures.tiny_config(on_nonfinite="ignore")
+    with self.assertRaisesRegex(ValueError, "on_nonfinite"):
+      loop.check_train_config(config, mesh)
+    config = train_fixtures.tiny_config(batch_size=8, grad_accum_steps=2)   # 4 rows, 8 devices
+    with self.assertRaisesRegex(ValueError, "batch_size=8 must be a multiple"):
+      loop.check_train_config(config, mesh)
+    config.train.batch_size = 16
+    loop.check_train_config(config, mesh)
+
+  def test_epochs_become_steps_unless_steps_are_given(self):
+    config = train_fixtures.tiny_config(steps=0, epochs=3, batch_size=8)
+    self.assertEqual(loop.total_steps(config, num_records=126), 47)
+    config.train.steps = 5
+    self.assertEqual(loop.total_steps(config, num_records=126), 5)
+
+
 class OverfitTest(absltest.TestCase):
 
   def test_tiny_model_memorizes_four_demo_samples(self):

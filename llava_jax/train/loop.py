@@ -42,8 +42,12 @@ def total_steps(config: ml_collections.ConfigDict, num_records: int) -> int:
   return max(1, config.train.epochs * num_records // config.train.batch_size)
 
 
-def check_batch_layout(config: ml_collections.ConfigDict, mesh) -> None:
-  """The global batch must split evenly into micro-batches, batch shards and processes."""
+def check_train_config(config: ml_collections.ConfigDict, mesh) -> None:
+  """Fails early on settings that would only break later (or silently)."""
+  if config.train.on_nonfinite not in ("stop", "skip"):
+    raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r}; "
+                     "expected 'stop' or 'skip'")
+  # The global batch must split evenly into micro-batches, batch shards and processes.
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   need = shards * config.train.grad_accum_steps
   if config.train.batch_size % need or config.train.batch_size % jax.process_count():
@@ -101,7 +105,8 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   """
   workdir = pathlib.Path(workdir).absolute()
   mesh = sharding.make_mesh(config.mesh)
-  check_batch_layout(config, mesh)
+  check_train_config(config, mesh)
+  own_data = data is None
   data = data or make_data(config)
   num_steps = total_steps(config, data.num_records)
   factory, schedule = make_factory(config, mesh, num_steps)
@@ -156,6 +161,8 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
     manager.wait_until_finished()
     manager.close()
     reporter.close()
+    if own_data and hasattr(data.iterator, "close"):
+      data.iterator.close()   # stops Grain's worker processes
   if jax.process_index() == 0:
     print(_finished_message(workdir, step, config))
   return state
