@@ -191,7 +191,8 @@ def _report(reporter: metrics_lib.Reporter, step: int, device_metrics: dict[str,
 def _finished_message(workdir: pathlib.Path, step: int, config) -> str:
   images = sorted(p for p in pathlib.Path(config.data.image_dir).glob("*") if p.is_file())
   image = images[0] if images else "IMAGE.jpg"
-  return (f"\nTraining done at step {step}. Checkpoint: {checkpoint.checkpoints_dir(workdir)}/{step}\n"
+  step_dir = checkpoint.checkpoints_dir(workdir) / str(step)
+  return (f"\nTraining done at step {step}. Checkpoint: {step_dir}\n"
           f"Chat with it:\n  python -m llava_jax.chat --ckpt={workdir} --image={image}\n"
           f"Export it to Hugging Face format:\n"
           f"  python -m llava_jax.convert to-hf --ckpt={workdir} --out={workdir}/hf\n")
