@@ -11,6 +11,7 @@ global batches (both hosts' halves, concatenated); the per-step losses must be e
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,6 +154,11 @@ class TwoProcessTrainingTest(absltest.TestCase):
     cls.metrics_after_run1 = metrics_lib.read_metrics(cls.workdir)
     cls.run2_exit_codes = _wait(_start_processes(cls.config, cls.workdir, _free_port(), "run2"),
                                 deadline)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
 
   def test_a_preempted_host_stops_both_at_one_agreed_step_with_a_checkpoint(self):
     self.assertEqual(self.run1_exit_codes, [0] * NUM_PROCESSES, _logs(self.tmp, "run1"))
