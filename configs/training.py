@@ -44,6 +44,9 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   c.train.batch_size = batch_size      # global, over all processes and micro-batches
   c.train.grad_accum_steps = 1         # micro-batches per step (batch_size must divide)
   c.train.on_nonfinite = "stop"        # "stop": raise naming the step | "skip": drop that update
+  # 0: cross-entropy from full [B, T, V] logits; N > 0: over chunks of N positions from the
+  # final hidden states, never holding all logits (llava_jax/train/loss.py).
+  c.train.loss_chunk_len = 0
   c.train.log_every_steps = 1 if demo else 10
 
   c.optim = ml_collections.ConfigDict()

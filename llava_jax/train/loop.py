@@ -21,6 +21,7 @@ from llava_jax import checkpoint
 from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.train import init as init_lib
+from llava_jax.train import loss as loss_lib
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import optimizer
 from llava_jax.train import step as step_lib
@@ -126,7 +127,9 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   train_step = jax.jit(
       functools.partial(step_lib.train_step, model=factory.model, tx=factory.tx,
                         schedule=schedule, trainable=factory.trainable,
-                        grad_accum_steps=config.train.grad_accum_steps),
+                        grad_accum_steps=config.train.grad_accum_steps,
+                        loss_fn=functools.partial(loss_lib.model_loss,
+                                                  chunk_len=config.train.loss_chunk_len)),
       in_shardings=(factory.shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
       out_shardings=(factory.shardings, sharding.replicated(mesh)),
       donate_argnums=0)

@@ -20,16 +20,9 @@ from llava_jax.train import optimizer
 from llava_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-# (model, params, batch, rng) -> (sum of token losses, number of supervised tokens)
+# (model, params, batch, rng) -> (sum of token losses, number of supervised tokens); e.g.
+# `loss.model_loss` (full logits, or chunked over the sequence from the final hidden states).
 LossFn = Callable[[nn.Module, Any, Batch, jax.Array], tuple[jax.Array, jax.Array]]
-
-
-def logits_loss(model: nn.Module, params, batch: Batch, rng: jax.Array):
-  """(sum of next-token losses, number of supervised tokens) from the model's full logits."""
-  logits_BxTxV = model.apply({"params": params}, batch["input_ids"], batch["pixels"],
-                             segment_ids=batch["segment_ids"], positions=batch["positions"],
-                             rngs={"dropout": rng})
-  return loss_lib.dense_cross_entropy(logits_BxTxV, batch["labels"])
 
 
 def num_supervised(labels_BxT: jax.Array) -> jax.Array:
@@ -54,7 +47,8 @@ def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                trainable: Sequence[str], grad_accum_steps: int = 1,
-               loss_fn: LossFn = logits_loss) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_fn: LossFn = loss_lib.model_loss
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update from one global batch.
 
   Only the trainable subtree is differentiated and updated; frozen parameters pass through
