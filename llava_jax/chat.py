@@ -113,13 +113,15 @@ def interact(session: Session, read_line: Callable[[str], str], write: Callable[
       write(f"\nerror: {e}\n")
 
 
-_CKPT = flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
-_IMAGE = flags.DEFINE_string("image", None, "Local image file (path or file:// URL).")
-_PROMPT = flags.DEFINE_string("prompt", None, "Ask this once, print the answer and exit.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Most tokens per answer.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+def _define_flags():
+  """Flags exist only when this module is the program (serve and tests import it too)."""
+  flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
+  flags.DEFINE_string("image", None, "Local image file (path or file:// URL).")
+  flags.DEFINE_string("prompt", None, "Ask this once, print the answer and exit.")
+  flags.DEFINE_integer("max_new_tokens", 256, "Most tokens per answer.")
+  flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def _write(text: str):
@@ -129,14 +131,14 @@ def _write(text: str):
 
 def main(argv):
   del argv
+  f = flags.FLAGS
   try:
-    image = read_image(_IMAGE.value) if _IMAGE.value else None
-    model = load_for_chat(_CKPT.value)
-    session = Session(model, image, dict(max_new_tokens=_MAX_NEW.value,
-                                         temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-                                         seed=_SEED.value))
-    if _PROMPT.value is not None:
-      session.ask(_PROMPT.value, _write)
+    image = read_image(f.image) if f.image else None
+    model = load_for_chat(f.ckpt)
+    session = Session(model, image, dict(max_new_tokens=f.max_new_tokens,
+                                         temperature=f.temperature, top_p=f.top_p, seed=f.seed))
+    if f.prompt is not None:
+      session.ask(f.prompt, _write)
       _write("\n")
       return
   except ChatError as e:
@@ -146,4 +148,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -16,6 +16,7 @@ import http.server
 import json
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -391,28 +392,34 @@ def make_server(chat_model, host: str = "127.0.0.1", port: int = 8000, *,
   return server
 
 
-_CKPT = flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on.")
-_PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
-_MODEL_NAME = flags.DEFINE_string("model_name", None, "Model id to serve (default: dir name).")
-_MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Most requests decoded together.")
-_QUEUE_SIZE = flags.DEFINE_integer("queue_size", 32, "Waiting requests before 503.")
-_MAX_IMAGE_MB = flags.DEFINE_float("max_image_mb", 10.0, "Largest accepted image, MiB.")
-_LOCAL_IMAGES = flags.DEFINE_bool("allow_local_images", True,
-                                  "Accept image_url parts that are local file paths.")
+def _define_flags():
+  """Flags exist only when this module is the program (chat and tests import it too)."""
+  flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
+  flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on.")
+  flags.DEFINE_integer("port", 8000, "Port to listen on.")
+  flags.DEFINE_string("model_name", None, "Model id to serve (default: the directory name).")
+  flags.DEFINE_integer("max_batch", 8, "Most requests decoded together.")
+  flags.DEFINE_integer("queue_size", 32, "Waiting requests before 503.")
+  flags.DEFINE_float("max_image_mb", 10.0, "Largest accepted image, MiB.")
+  flags.DEFINE_bool("allow_local_images", True, "Accept image_url parts that are local paths.")
+  flags.mark_flag_as_required("ckpt")
 
 
 def main(argv):
   del argv
-  from llava_jax import chat  # deferred: the CLI module loads the model and its errors
+  from llava_jax import chat  # deferred: loading pulls in the whole model stack
 
-  chat_model = chat.load_for_chat(_CKPT.value)
-  name = _MODEL_NAME.value or os.path.basename(os.path.normpath(_CKPT.value))
-  server = make_server(chat_model, _HOST.value, _PORT.value, model_name=name,
-                       max_batch=_MAX_BATCH.value, queue_size=_QUEUE_SIZE.value,
-                       max_image_bytes=int(_MAX_IMAGE_MB.value * (1 << 20)),
-                       allow_local_images=_LOCAL_IMAGES.value)
-  print(f"serving {name!r} on http://{_HOST.value}:{server.server_address[1]}/v1", flush=True)
+  f = flags.FLAGS
+  try:
+    chat_model = chat.load_for_chat(f.ckpt)
+  except chat.ChatError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  name = f.model_name or os.path.basename(os.path.normpath(f.ckpt))
+  server = make_server(chat_model, f.host, f.port, model_name=name, max_batch=f.max_batch,
+                       queue_size=f.queue_size, max_image_bytes=int(f.max_image_mb * (1 << 20)),
+                       allow_local_images=f.allow_local_images)
+  print(f"serving {name!r} on http://{f.host}:{server.server_address[1]}/v1", flush=True)
   try:
     server.serve_forever()
   except KeyboardInterrupt:
@@ -423,5 +430,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("ckpt")
+  _define_flags()
   app.run(main)

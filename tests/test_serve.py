@@ -4,7 +4,11 @@ import base64
 import concurrent.futures
 import io
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import urllib.error
@@ -21,6 +25,7 @@ from llava_jax import serve
 from llava_jax.convert import importer
 
 QUESTION = "What is in the image?"
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _png(seed: int, size=(40, 30)) -> bytes:
@@ -174,6 +179,27 @@ class ServeTest(absltest.TestCase):
     self.assertEqual(status, 200, body)
     self.assertEqual(body["choices"][0]["message"]["content"], want[:want.index(cut)])
     self.assertEqual(body["choices"][0]["finish_reason"], "stop")
+
+  def test_command_line_server(self):
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "llava_jax.serve", "--port=0", "--model_name=cli-llava"]
+    missing = subprocess.run(cmd + ["--ckpt=/no/such/dir"], capture_output=True, text=True,
+                             env=env, cwd=REPO, timeout=120)
+    self.assertEqual(missing.returncode, 2)
+    self.assertIn("checkpoint not found: /no/such/dir", missing.stderr)
+    proc = subprocess.Popen(cmd + [f"--ckpt={self.tmp / 'ours'}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    try:
+      banner = proc.stdout.readline()  # "serving 'cli-llava' on http://127.0.0.1:PORT/v1"
+      self.assertIn("serving 'cli-llava' on http://127.0.0.1:", banner)
+      url = banner.split()[-1].removesuffix("/v1")
+      status, body = _post(url, {"temperature": 0, "max_tokens": 12,
+                                 "messages": _user(QUESTION, _data_url(self.images[3]))})
+      self.assertEqual(status, 200, body)
+      self.assertEqual(body["choices"][0]["message"]["content"], self.expected[3])
+    finally:
+      proc.send_signal(signal.SIGINT)
+      self.assertEqual(proc.wait(timeout=60), 0)
 
 
 if __name__ == "__main__":
