@@ -2,6 +2,7 @@
 
 import base64
 import concurrent.futures
+import http.client
 import io
 import json
 import os
@@ -130,7 +131,13 @@ class ServeTest(absltest.TestCase):
     server, url = _start(self.model, queue_size=1, start_worker=False)
     request = {"max_tokens": 4, "messages": _user("hi")}
     try:
-      waiting = threading.Thread(target=_post, args=(url, request, 5), daemon=True)
+      def wait_in_queue():  # never answered: the worker is not running
+        try:
+          _post(url, request, timeout=5)
+        except (OSError, http.client.HTTPException):
+          pass
+
+      waiting = threading.Thread(target=wait_in_queue, daemon=True)
       waiting.start()
       while server.service.worker._jobs.qsize() < 1:
         threading.Event().wait(0.05)
