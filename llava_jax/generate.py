@@ -16,7 +16,6 @@ slots, M = images per row, V = vocabulary.
 
 from collections.abc import Iterator, Sequence
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +56,7 @@ class Generator:
   Args:
     model: the `llava_jax.model.Llava` module.
     params: its parameter tree (unboxed), already placed (one device or sharded on `mesh`).
-    eos_ids: ids that end a row (the token itself is not returned).
+    eos_ids: ids that end a row (streamed text never includes them).
     pad_id: id used for left padding and for steps after a row is done.
     max_len: the decoder's context (positions beyond it are refused).
     mesh: the mesh `params` are sharded on (by the training rules table), or None. Batch
