@@ -56,6 +56,7 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
+  c.optim.mu_dtype = "float32"         # Adam's first moment; "bfloat16" saves 2 bytes/param
   c.optim.grad_clip_norm = 1.0         # HF Trainer's max_grad_norm; <= 0 disables
   # Parameter paths ('/'-joined, e.g. 'llm/layers/mlp/up/kernel') that train; the rest are frozen.
   c.optim.trainable = trainable

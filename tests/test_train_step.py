@@ -168,6 +168,15 @@ class OptimizerTest(absltest.TestCase):
     np.testing.assert_allclose(np.linalg.norm(mu), 0.1, rtol=1e-5)   # (1 - b1) * |clipped|
     self.assertEqual(optax.tree.norm(mu).dtype, jnp.float32)
 
+  def test_first_moment_dtype_from_config(self):
+    config = train_fixtures.tiny_config()
+    config.optim.mu_dtype = "bfloat16"
+    tx, _ = optimizer.make_optimizer(config.optim, 10)
+    params = {"w": jnp.ones(3)}
+    _, state = tx.update({"w": jnp.full(3, 0.5)}, tx.init(params), params)
+    self.assertEqual(state[1][0].mu["w"].dtype, jnp.bfloat16)   # half the bytes
+    self.assertEqual(state[1][0].nu["w"].dtype, jnp.float32)
+
 
 if __name__ == "__main__":
   absltest.main()

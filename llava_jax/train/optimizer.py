@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import traverse_util
@@ -69,5 +70,5 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
       optax.clip_by_global_norm(optim.grad_clip_norm) if optim.grad_clip_norm > 0
       else optax.identity(),
       optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                  weight_decay=optim.weight_decay))
+                  mu_dtype=jnp.dtype(optim.mu_dtype), weight_decay=optim.weight_decay))
   return tx, schedule
