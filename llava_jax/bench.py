@@ -7,9 +7,9 @@ r"""Training-step benchmark: step time, throughput, TFLOP/s and MFU of the real 
 Batches are synthetic (the Batch contract: BOS, the images' tokens, random text, then padding),
 made in numpy, so the benchmark needs neither Grain nor a dataset. The step is the training
 loop's own `train_step`, jitted with the state's shardings and donation as the loop does; the time
-is the median of `--steps` steps after `--warmup` ones, each blocked until ready. The loss is
-`train/loss.py:model_loss` (with `--loss_chunk=0` the same full-logits cross-entropy as the loop's;
-it also lets `--images_per_row=0` run text-only batches without the vision tower). FLOPs follow
+is the median of `--steps` steps after `--warmup` ones, each blocked until ready. The loss is the
+loop's `train/loss.py:model_loss` (`config.train.loss_chunk_len`, or `--loss_chunk`); text-only
+batches (`--images_per_row=0`) skip the vision tower. Single process. FLOPs follow
 `llava_jax/flops.py` (MaxText's accounting). On CPU the same batch also goes through
 transformers' torch LLaVA step (`llava_jax/bench_torch.py`) and the ratio of step times is
 printed. Results are written as JSON (`--out`).
@@ -49,8 +49,8 @@ _IMAGES = flags.DEFINE_integer("images_per_row", None, "Images per row (default 
                                "config.data.max_images; 0 = text only, the tower never runs).")
 _TORCH = flags.DEFINE_enum("torch", "auto", ["auto", "yes", "no"], "Also time transformers' "
                            "torch step on the same batch (auto: on CPU only).")
-_LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 0, "0: cross-entropy from full [B, T, V] logits "
-                                   "(the loop's); N > 0: chunked over N positions (train/loss.py).")
+_LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", None, "Overrides config.train.loss_chunk_len: 0 = "
+                                   "cross-entropy from full [B, T, V] logits; N > 0 = chunked.")
 _NAME = flags.DEFINE_string("name", None, "Row name in tables (default: preset and stage).")
 _OUT = flags.DEFINE_string("out", None, "JSON result path (default bench_results/NAME.json).")
 _TABLE = flags.DEFINE_bool("table", False, "Print one table from the JSON results named as "
@@ -120,12 +120,15 @@ class StepSetup:
   parts: dict[str, bool]   # which of vision / projector / llm train
 
 
-def setup_step(config, batch_keys, *, loss_chunk: int = 0, total_steps: int = 1,
+def setup_step(config, batch_keys, *, loss_chunk: int | None = None, total_steps: int = 1,
                devices=None) -> StepSetup:
   """Model, optimizer, state factory and the jitted step, sharded and donated as in the loop.
 
-  The mesh is `config.mesh` over `devices` (default: all).
+  The mesh is `config.mesh` over `devices` (default: all); `loss_chunk` overrides
+  `config.train.loss_chunk_len`.
   """
+  if loss_chunk is None:
+    loss_chunk = config.train.loss_chunk_len
   mesh = sharding.make_mesh(config.mesh, devices)
   model = model_lib.build(config.model)
   tx, schedule = optimizer.make_optimizer(config.optim, total_steps=total_steps)
@@ -144,13 +147,14 @@ def setup_step(config, batch_keys, *, loss_chunk: int = 0, total_steps: int = 1,
 
 
 def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
-              images_per_row: int | None = None, loss_chunk: int = 0,
+              images_per_row: int | None = None, loss_chunk: int | None = None,
               compare_torch: bool | None = None, name: str | None = None) -> dict:
   """Builds state and step from `config`, times `steps` steps; returns the result dict."""
   model_cfg = config.model
   images = config.data.max_images if images_per_row is None else images_per_row
   batch_size, seq_len = config.train.batch_size, config.data.max_len
   image_tokens = common.num_image_tokens(model_cfg)
+  loss_chunk = config.train.loss_chunk_len if loss_chunk is None else loss_chunk
   host_batch = synthetic_batch(model_cfg, batch_size=batch_size, seq_len=seq_len,
                                images_per_row=images, fill=fill, seed=config.seed)
   setup = setup_step(config, host_batch, loss_chunk=loss_chunk,
