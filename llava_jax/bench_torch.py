@@ -30,7 +30,9 @@ def torch_inputs(batch: dict, image_token_id: int, image_tokens: int) -> dict:
       input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
       attention_mask=torch.from_numpy((batch["segment_ids"] > 0).astype(np.int64)),
       position_ids=torch.from_numpy(batch["positions"].astype(np.int64)),
-      pixel_values=torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))),
+      # Text-only batches: no pixel_values at all, so the vision tower does not run.
+      pixel_values=(torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+                    if len(pixels) else None),
       labels=torch.from_numpy(batch["labels"].astype(np.int64)),
   )
 
