@@ -69,20 +69,13 @@ class MeshTest(absltest.TestCase):
 
 
 class ShardedTrainingTest(absltest.TestCase):
-  """The same five steps on one device and on a (2, 2, 2) mesh of 8 fake CPU devices."""
+  """The same five steps on one device and on a (2, 2, 2) mesh of 8 fake CPU devices.
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    train_fixtures.use_compilation_cache()
-    cls.config = train_fixtures.tiny_config()
-    cls.batches = [train_fixtures.batch_of(cls.config, seed=s) for s in range(5)]
-    cls.losses_1, cls.params_1, _ = cls._train(dict(data=1, fsdp=1, tensor=1), 1)
-    cls.losses_8, cls.params_8, cls.factory_8 = cls._train(dict(data=2, fsdp=2, tensor=2), 8)
+  One test method: under pytest-xdist every worker that runs a method of a class runs its
+  (expensive) setUpClass.
+  """
 
-  @classmethod
-  def _train(cls, mesh_sizes, num_devices):
-    config = cls.config
+  def _train(self, config, batches, mesh_sizes, num_devices):
     mesh = sharding.make_mesh(mesh_sizes, jax.devices()[:num_devices])
     model = model_lib.build(config.model)
     tx, schedule = optimizer.make_optimizer(config.optim, 5)
@@ -94,29 +87,38 @@ class ShardedTrainingTest(absltest.TestCase):
         in_shardings=(factory.shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
         out_shardings=(factory.shardings, sharding.replicated(mesh)), donate_argnums=0)
     losses = []
-    for batch in cls.batches:
+    for batch in batches:
       state, metrics = train_step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
       losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params), factory
 
-  def test_losses_match_one_device(self):
-    self.assertGreater(self.losses_1[0] - self.losses_1[-1], 0.01)   # it does train
-    np.testing.assert_allclose(self.losses_8, self.losses_1, atol=1e-5, rtol=0)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=0),
-                 self.params_8, self.params_1)
+  def test_eight_devices_match_one_device_and_shard_every_large_parameter(self):
+    train_fixtures.use_compilation_cache()
+    config = train_fixtures.tiny_config()
+    batches = [train_fixtures.batch_of(config, seed=s) for s in range(5)]
+    losses_1, params_1, _ = self._train(config, batches, dict(data=1, fsdp=1, tensor=1), 1)
+    losses_8, params_8, factory_8 = self._train(config, batches, dict(data=2, fsdp=2, tensor=2), 8)
 
-  def test_every_large_parameter_is_sharded(self):
-    for path, leaf in jax.tree_util.tree_leaves_with_path(self.factory_8.abstract.params):
+    self.assertGreater(losses_1[0] - losses_1[-1], 0.01)   # it does train
+    np.testing.assert_allclose(losses_8, losses_1, atol=1e-5, rtol=0)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=0),
+                 params_8, params_1)
+
+    for path, leaf in jax.tree_util.tree_leaves_with_path(factory_8.abstract.params):
       if leaf.size >= 2048:
         self.assertFalse(leaf.sharding.is_fully_replicated, jax.tree_util.keystr(path))
     # The optimizer state follows its parameter's sharding.
-    mu = self.factory_8.shardings.opt_state[1][0].mu
+    mu = factory_8.shardings.opt_state[1][0].mu
     self.assertEqual(mu["llm"]["embed"]["embedding"].spec,
-                     self.factory_8.shardings.params["llm"]["embed"]["embedding"].spec)
+                     factory_8.shardings.params["llm"]["embed"]["embedding"].spec)
 
-  def test_every_model_parameter_has_logical_names(self):
-    boxed = jax.eval_shape(model_lib.build(self.config.model).init, jax.random.key(0),
-                           *state_lib.init_inputs(self.config.model))["params"]
+
+class ModelAxesTest(absltest.TestCase):
+
+  def test_every_model_parameter_has_logical_names_with_rules(self):
+    config = train_fixtures.tiny_config()
+    boxed = jax.eval_shape(model_lib.build(config.model).init, jax.random.key(0),
+                           *state_lib.init_inputs(config.model))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     for leaf in leaves:
       self.assertIsInstance(leaf, nn.LogicallyPartitioned)
