@@ -114,6 +114,7 @@ class GpuScriptTest(absltest.TestCase):
     decoder, stage1 = [shlex.split(l[2:]) for l in out.splitlines() if l.startswith("+ ")]
     for flag in ("--config=configs/finetune.py:llava15_7b", "--config.model.llm.layers=6",
                  "--config.model.llm.vocab_size=32000", "--config.data.max_len=2048",
+                 "--config.train.batch_size=8", "--config.model.remat=dots",
                  "--config.model.dtype=bfloat16", "--config.model.attention=cudnn",
                  "--images_per_row=0"):
       self.assertIn(flag, decoder)
