@@ -33,6 +33,9 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row."
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time transformers' torch generate (CPU).")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 1, "torch intra-op threads (0 = torch's default). On a small shared CPU one "
+    "thread was the fastest torch setting (2 threads ran 10x slower under load).")
 _HBM_GBPS = flags.DEFINE_float("hbm_gbps", 3350.0, "Device memory bandwidth (H100 SXM 3350).")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 
@@ -103,6 +106,8 @@ def time_torch(cfg, ids, pixels, new_tokens: int, repeats: int) -> dict:
   import transformers  # pylint: disable=g-import-not-at-top
   from llava_jax.convert import hf_config  # pylint: disable=g-import-not-at-top
 
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
   torch.manual_seed(0)
   hf = transformers.LlavaForConditionalGeneration(hf_config.to_hf(cfg)).eval()
   inputs = dict(input_ids=torch.tensor(ids),
@@ -142,14 +147,15 @@ def main(argv):
     row = dict(ours=ours)
     if batch == 1:
       achieved = llm_bytes / ours["decode_step_s"]
-      row["roofline"] = dict(param_gb_s=achieved / 1e9, fraction=achieved / (_HBM_GBPS.value * 1e9))
+      row["roofline"] = dict(param_gb_s=achieved / 1e9,
+                             fraction=achieved / (_HBM_GBPS.value * 1e9))
     if _TORCH.value:
       row["torch"] = time_torch(cfg, ids, pixels, _NEW_TOKENS.value, _REPEATS.value)
       row["decode_speedup_vs_torch"] = ours["decode_tok_s"] / row["torch"]["decode_tok_s"]
     rows.append(row)
-    line = (f"batch {batch:2d}: prompt {ours['prompt_len']} tok, TTFT {ours['ttft_s'] * 1e3:8.1f} ms, "
-            f"prefill {ours['prefill_tok_s']:10.0f} tok/s, decode {ours['decode_tok_s']:8.1f} tok/s "
-            f"({ours['decode_step_s'] * 1e3:.2f} ms/step)")
+    line = (f"batch {batch:2d}: prompt {ours['prompt_len']} tok, "
+            f"TTFT {ours['ttft_s'] * 1e3:8.1f} ms, prefill {ours['prefill_tok_s']:10.0f} tok/s, "
+            f"decode {ours['decode_tok_s']:8.1f} tok/s ({ours['decode_step_s'] * 1e3:.2f} ms/step)")
     if "roofline" in row:
       line += (f", weights read at {row['roofline']['param_gb_s']:.0f} GB/s = "
                f"{100 * row['roofline']['fraction']:.1f}% of {_HBM_GBPS.value:.0f} GB/s")
