@@ -91,7 +91,8 @@ class LoopTest(absltest.TestCase):
     workdir = self.tmp / "killed"
     code = ("import sys, train_fixtures; "
             "train_fixtures.train_with_slow_saves(sys.argv[1], steps=6, every_steps=1)")
-    env = dict(os.environ, PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+    env = dict(os.environ, PYTHONPATH=f"{REPO}:{REPO / 'tests'}",
+               **train_fixtures.COMPILATION_CACHE)
     proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 400

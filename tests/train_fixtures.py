@@ -126,6 +126,6 @@ COMPILATION_CACHE = {
 
 
 def use_compilation_cache() -> None:
-  os.environ.update(COMPILATION_CACHE)
+  """In this process (subprocesses get `COMPILATION_CACHE` in their environment)."""
   for name, value in COMPILATION_CACHE.items():
     jax.config.update(name.lower(), value if name.endswith("_DIR") else int(value))
