@@ -15,12 +15,18 @@ from ml_collections import config_flags
 from llava_jax import sharding
 
 _REPO_ROOT = pathlib.Path(__file__).absolute().parents[1]
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(_REPO_ROOT / "configs" / "finetune.py"),
-    "Training config file, optionally with ':PRESET'.", lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Checkpoints, metrics and config go here "
-    "(default: ./workdir/<config name>-<preset>).")
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so tests and tools can import it."""
+  config_flags.DEFINE_config_file(
+      "config", str(_REPO_ROOT / "configs" / "finetune.py"),
+      "Training config file, optionally with ':PRESET'.", lock_config=True)
+  flags.DEFINE_string(
+      "workdir", None, "Checkpoints, metrics and config go here "
+      "(default: ./workdir/<config name>-<preset>).")
 
 
 def default_workdir(config_arg: str) -> str:
@@ -43,11 +49,12 @@ def main(argv):
   sharding.initialize_distributed()
   # Imported after distributed init: nothing may touch the JAX backend before it.
   from llava_jax.train import loop
-  workdir = _WORKDIR.value or default_workdir(
-      config_flags.get_config_filename(flags.FLAGS["config"]))
+  workdir = FLAGS.workdir or default_workdir(
+      config_flags.get_config_filename(FLAGS["config"]))
   print(f"workdir: {pathlib.Path(workdir).absolute()}", flush=True)
-  loop.run(_CONFIG.value, workdir)
+  loop.run(FLAGS.config, workdir)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
