@@ -39,22 +39,28 @@ from llava_jax.train import optimizer
 from llava_jax.train import state as state_lib
 from llava_jax.train import step as step_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (`file.py:arg`).",
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-_FILL = flags.DEFINE_float("fill", 1.0, "Each row's non-pad length is drawn from "
-                           "[fill·T, T]; 1.0 = full rows.")
-_IMAGES = flags.DEFINE_integer("images_per_row", None, "Images per row (default "
-                               "config.data.max_images; 0 = text only, the tower never runs).")
-_TORCH = flags.DEFINE_enum("torch", "auto", ["auto", "yes", "no"], "Also time transformers' "
-                           "torch step on the same batch (auto: on CPU only).")
-_LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", None, "Overrides config.train.loss_chunk_len: 0 = "
-                                   "cross-entropy from full [B, T, V] logits; N > 0 = chunked.")
-_NAME = flags.DEFINE_string("name", None, "Row name in tables (default: preset and stage).")
-_OUT = flags.DEFINE_string("out", None, "JSON result path (default bench_results/NAME.json).")
-_TABLE = flags.DEFINE_bool("table", False, "Print one table from the JSON results named as "
-                           "arguments (nothing is benchmarked).")
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so tests and tools can import it."""
+  config_flags.DEFINE_config_file("config", None, "Stage config file (`file.py:arg`).",
+                                  lock_config=True)
+  flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+  flags.DEFINE_float("fill", 1.0, "Each row's non-pad length is drawn from "
+                     "[fill·T, T]; 1.0 = full rows.")
+  flags.DEFINE_integer("images_per_row", None, "Images per row (default "
+                       "config.data.max_images; 0 = text only, the tower never runs).")
+  flags.DEFINE_enum("torch", "auto", ["auto", "yes", "no"], "Also time transformers' "
+                    "torch step on the same batch (auto: on CPU only).")
+  flags.DEFINE_integer("loss_chunk", None, "Overrides config.train.loss_chunk_len: 0 = "
+                       "cross-entropy from full [B, T, V] logits; N > 0 = chunked.")
+  flags.DEFINE_string("name", None, "Row name in tables (default: preset and stage).")
+  flags.DEFINE_string("out", None, "JSON result path (default bench_results/NAME.json).")
+  flags.DEFINE_bool("table", False, "Print one table from the JSON results named as "
+                    "arguments (nothing is benchmarked).")
+
 
 BOS_ID, PAD_ID, FIRST_TEXT_ID = 1, 0, 5
 
@@ -272,7 +278,7 @@ def format_result(r: dict) -> str:
 
 
 def main(argv):
-  if _TABLE.value:
+  if FLAGS.table:
     results = []
     for path in argv[1:]:
       with open(path) as f:
@@ -281,13 +287,13 @@ def main(argv):
     return
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _CONFIG.value is None:
+  if FLAGS.config is None:
     raise app.UsageError("--config is required (or --table)")
-  compare = {"auto": None, "yes": True, "no": False}[_TORCH.value]
-  result = benchmark(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, fill=_FILL.value,
-                     images_per_row=_IMAGES.value, loss_chunk=_LOSS_CHUNK.value,
-                     compare_torch=compare, name=_NAME.value)
-  out = _OUT.value or os.path.join("bench_results", f"{result['name']}.json")
+  compare = {"auto": None, "yes": True, "no": False}[FLAGS.torch]
+  result = benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, fill=FLAGS.fill,
+                     images_per_row=FLAGS.images_per_row, loss_chunk=FLAGS.loss_chunk,
+                     compare_torch=compare, name=FLAGS.name)
+  out = FLAGS.out or os.path.join("bench_results", f"{result['name']}.json")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)
@@ -297,4 +303,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

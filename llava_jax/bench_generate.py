@@ -25,26 +25,31 @@ from configs import common
 from llava_jax import generate
 from llava_jax import model as model_lib
 
-_PRESET = flags.DEFINE_string("preset", "tiny", "Model preset in configs/common.py.")
-_LLM_LAYERS = flags.DEFINE_integer("llm_layers", None, "Cut the decoder to this many layers.")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute and parameter dtype.")
-_PROMPT_TEXT = flags.DEFINE_integer("prompt_text", 32, "Text tokens after the image.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
-_BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
-_TORCH = flags.DEFINE_bool("torch", True, "Also time transformers' torch generate (CPU).")
-_TORCH_THREADS = flags.DEFINE_integer(
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so tests and tools can import it."""
+  flags.DEFINE_string("preset", "tiny", "Model preset in configs/common.py.")
+  flags.DEFINE_integer("llm_layers", None, "Cut the decoder to this many layers.")
+  flags.DEFINE_string("dtype", "float32", "Compute and parameter dtype.")
+  flags.DEFINE_integer("prompt_text", 32, "Text tokens after the image.")
+  flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
+  flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
+  flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
+  flags.DEFINE_bool("torch", True, "Also time transformers' torch generate (CPU).")
+  flags.DEFINE_integer(
     "torch_threads", 1, "torch intra-op threads (0 = torch's default). On a small shared CPU one "
     "thread was the fastest torch setting (2 threads ran 10x slower under load).")
-_HBM_GBPS = flags.DEFINE_float("hbm_gbps", 3350.0, "Device memory bandwidth (H100 SXM 3350).")
-_JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+  flags.DEFINE_float("hbm_gbps", 3350.0, "Device memory bandwidth (H100 SXM 3350).")
+  flags.DEFINE_string("json", None, "Also write the results here.")
 
 
 def _config():
-  cfg = common.model_config(_PRESET.value)
-  if _LLM_LAYERS.value:
-    cfg.llm.layers = _LLM_LAYERS.value
-  cfg.dtype = cfg.param_dtype = _DTYPE.value
+  cfg = common.model_config(FLAGS.preset)
+  if FLAGS.llm_layers:
+    cfg.llm.layers = FLAGS.llm_layers
+  cfg.dtype = cfg.param_dtype = FLAGS.dtype
   return cfg
 
 
@@ -58,7 +63,7 @@ def _random_params(module, cfg):
 
 def _prompts(cfg, batch: int, rng):
   n = common.num_image_tokens(cfg)
-  text = rng.integers(10, min(cfg.llm.vocab_size, 30000), size=(batch, _PROMPT_TEXT.value))
+  text = rng.integers(10, min(cfg.llm.vocab_size, 30000), size=(batch, FLAGS.prompt_text))
   ids = [[1] + [cfg.image_token_id] * n + row.tolist() for row in text]
   pixels = rng.normal(size=(batch, 1, cfg.vision.image_size, cfg.vision.image_size, 3))
   return ids, pixels.astype(np.float32)
@@ -106,8 +111,8 @@ def time_torch(cfg, ids, pixels, new_tokens: int, repeats: int) -> dict:
   import transformers  # pylint: disable=g-import-not-at-top
   from llava_jax.convert import hf_config  # pylint: disable=g-import-not-at-top
 
-  if _TORCH_THREADS.value:
-    torch.set_num_threads(_TORCH_THREADS.value)
+  if FLAGS.torch_threads:
+    torch.set_num_threads(FLAGS.torch_threads)
   torch.manual_seed(0)
   hf = transformers.LlavaForConditionalGeneration(hf_config.to_hf(cfg)).eval()
   inputs = dict(input_ids=torch.tensor(ids),
@@ -141,16 +146,16 @@ def main(argv):
         f"decoder params {llm_bytes / 1e9:.2f} GB")
   rng = np.random.default_rng(0)
   rows = []
-  for batch in map(int, _BATCHES.value):
+  for batch in map(int, FLAGS.batch_sizes):
     ids, pixels = _prompts(cfg, batch, rng)
-    ours = time_ours(gen, ids, pixels, _NEW_TOKENS.value, _REPEATS.value)
+    ours = time_ours(gen, ids, pixels, FLAGS.new_tokens, FLAGS.repeats)
     row = dict(ours=ours)
     if batch == 1:
       achieved = llm_bytes / ours["decode_step_s"]
       row["roofline"] = dict(param_gb_s=achieved / 1e9,
-                             fraction=achieved / (_HBM_GBPS.value * 1e9))
-    if _TORCH.value:
-      row["torch"] = time_torch(cfg, ids, pixels, _NEW_TOKENS.value, _REPEATS.value)
+                             fraction=achieved / (FLAGS.hbm_gbps * 1e9))
+    if FLAGS.torch:
+      row["torch"] = time_torch(cfg, ids, pixels, FLAGS.new_tokens, FLAGS.repeats)
       row["decode_speedup_vs_torch"] = ours["decode_tok_s"] / row["torch"]["decode_tok_s"]
     rows.append(row)
     line = (f"batch {batch:2d}: prompt {ours['prompt_len']} tok, "
@@ -158,17 +163,18 @@ def main(argv):
             f"decode {ours['decode_tok_s']:8.1f} tok/s ({ours['decode_step_s'] * 1e3:.2f} ms/step)")
     if "roofline" in row:
       line += (f", weights read at {row['roofline']['param_gb_s']:.0f} GB/s = "
-               f"{100 * row['roofline']['fraction']:.1f}% of {_HBM_GBPS.value:.0f} GB/s")
+               f"{100 * row['roofline']['fraction']:.1f}% of {FLAGS.hbm_gbps:.0f} GB/s")
     if "torch" in row:
       t = row["torch"]
       line += (f"\n          torch generate: TTFT {t['ttft_s'] * 1e3:.1f} ms, decode "
                f"{t['decode_tok_s']:.1f} tok/s -> ours is {row['decode_speedup_vs_torch']:.1f}x")
     print(line, flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
       json.dump(dict(preset=cfg.preset, llm_layers=cfg.llm.layers, dtype=cfg.dtype,
                      device=device.device_kind, llm_param_bytes=llm_bytes, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

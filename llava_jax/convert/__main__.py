@@ -17,63 +17,70 @@ from llava_jax.convert import importer
 from llava_jax.convert import exporter
 from llava_jax.convert import tensor_files
 
-_OUT = flags.DEFINE_string("out", None, "Destination (must not exist without --overwrite).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out once complete.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                           "Cast every tensor to this dtype; default keeps the stored dtypes.")
-# from-hf
-_HF = flags.DEFINE_string("hf", None, "llava-hf directory (LlavaForConditionalGeneration).")
-_VISION = flags.DEFINE_string("vision", None, "CLIP checkpoint dir (CLIPVisionModel / CLIPModel).")
-_LLM = flags.DEFINE_string("llm", None, "LLaMA/Vicuna checkpoint dir (LlamaForCausalLM).")
-_PROJECTOR = flags.DEFINE_string("projector", None, "LLaVA stage-1 mm_projector.bin (optional).")
-_PROJECTOR_TYPE = flags.DEFINE_string(
-    "projector_type", "mlp2x_gelu", "Projector to initialise when --projector is absent.")
-_FEATURE_LAYER = flags.DEFINE_integer("feature_layer", -2, "CLIP layer LLaVA reads (components).")
-_FEATURE_SELECT = flags.DEFINE_enum("feature_select", "patch", ["patch", "cls_patch"],
-                                    "Drop (patch) or keep (cls_patch) CLS (components).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of a freshly initialised projector.")
-# to-hf
-_CKPT = flags.DEFINE_string("ckpt", None, "Model directory or training workdir.")
-_MAX_SHARD_SIZE = flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so tests and tools can import it."""
+  flags.DEFINE_string("out", None, "Destination (must not exist without --overwrite).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out once complete.")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                    "Cast every tensor to this dtype; default keeps the stored dtypes.")
+  # from-hf
+  flags.DEFINE_string("hf", None, "llava-hf directory (LlavaForConditionalGeneration).")
+  flags.DEFINE_string("vision", None, "CLIP checkpoint dir (CLIPVisionModel / CLIPModel).")
+  flags.DEFINE_string("llm", None, "LLaMA/Vicuna checkpoint dir (LlamaForCausalLM).")
+  flags.DEFINE_string("projector", None, "LLaVA stage-1 mm_projector.bin (optional).")
+  flags.DEFINE_string(
+      "projector_type", "mlp2x_gelu", "Projector to initialise when --projector is absent.")
+  flags.DEFINE_integer("feature_layer", -2, "CLIP layer LLaVA reads (components).")
+  flags.DEFINE_enum("feature_select", "patch", ["patch", "cls_patch"],
+                    "Drop (patch) or keep (cls_patch) CLS (components).")
+  flags.DEFINE_integer("seed", 0, "Seed of a freshly initialised projector.")
+  # to-hf
+  flags.DEFINE_string("ckpt", None, "Model directory or training workdir.")
+  flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard.")
+
 
 COMMANDS = ("from-hf", "to-hf")
 
 
 def _from_hf():
-  if _HF.value and (_VISION.value or _LLM.value or _PROJECTOR.value):
+  if FLAGS.hf and (FLAGS.vision or FLAGS.llm or FLAGS.projector):
     raise app.UsageError("from-hf: give either --hf or --vision/--llm[/--projector], not both")
-  if _HF.value:
-    model_cfg = importer.import_llava_hf(_HF.value, _OUT.value, overwrite=_OVERWRITE.value,
-                                         dtype=_DTYPE.value)
-  elif _VISION.value and _LLM.value:
+  if FLAGS.hf:
+    model_cfg = importer.import_llava_hf(FLAGS.hf, FLAGS.out, overwrite=FLAGS.overwrite,
+                                         dtype=FLAGS.dtype)
+  elif FLAGS.vision and FLAGS.llm:
     model_cfg = importer.import_components(
-        _VISION.value, _LLM.value, _OUT.value, projector=_PROJECTOR.value,
-        projector_type=_PROJECTOR_TYPE.value, feature_layer=_FEATURE_LAYER.value,
-        feature_select=_FEATURE_SELECT.value, overwrite=_OVERWRITE.value, dtype=_DTYPE.value,
-        seed=_SEED.value)
+        FLAGS.vision, FLAGS.llm, FLAGS.out, projector=FLAGS.projector,
+        projector_type=FLAGS.projector_type, feature_layer=FLAGS.feature_layer,
+        feature_select=FLAGS.feature_select, overwrite=FLAGS.overwrite, dtype=FLAGS.dtype,
+        seed=FLAGS.seed)
   else:
     raise app.UsageError("from-hf needs --hf, or both --vision and --llm")
-  logging.info("wrote model directory %s (projector %s, vocab %d)", _OUT.value,
+  logging.info("wrote model directory %s (projector %s, vocab %d)", FLAGS.out,
                model_cfg.projector, model_cfg.llm.vocab_size)
 
 
 def _to_hf():
-  if not _CKPT.value:
+  if not FLAGS.ckpt:
     raise app.UsageError("to-hf needs --ckpt")
-  files = exporter.export_llava_hf(_CKPT.value, _OUT.value, overwrite=_OVERWRITE.value,
-                                   dtype=_DTYPE.value,
-                                   max_shard_bytes=tensor_files.parse_size(_MAX_SHARD_SIZE.value))
-  logging.info("wrote llava-hf directory %s (%s)", _OUT.value, ", ".join(files))
+  files = exporter.export_llava_hf(FLAGS.ckpt, FLAGS.out, overwrite=FLAGS.overwrite,
+                                   dtype=FLAGS.dtype,
+                                   max_shard_bytes=tensor_files.parse_size(FLAGS.max_shard_size))
+  logging.info("wrote llava-hf directory %s (%s)", FLAGS.out, ", ".join(files))
 
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(
         f"usage: python -m llava_jax.convert {{{'|'.join(COMMANDS)}}} --out=DIR ...")
-  if not _OUT.value:
+  if not FLAGS.out:
     raise app.UsageError("--out is required")
   {"from-hf": _from_hf, "to-hf": _to_hf}[argv[1]]()
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -28,23 +28,28 @@ from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.convert import tensor_files
 
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/llava_convert_bench", "Scratch directory.")
-_PRESET = flags.DEFINE_string("preset", "llava15_7b", "Model preset (configs/common.py).")
-_LLM_DIM = flags.DEFINE_integer("llm_dim", None, "Override: decoder width (heads = dim / 128).")
-_LLM_LAYERS = flags.DEFINE_integer("llm_layers", None, "Override: decoder depth.")
-_LLM_MLP = flags.DEFINE_integer("llm_mlp", None, "Override: decoder MLP width.")
-_KEEP = flags.DEFINE_bool("keep", False, "Keep the scratch directory.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so tests and tools can import it."""
+  flags.DEFINE_string("workdir", "/tmp/llava_convert_bench", "Scratch directory.")
+  flags.DEFINE_string("preset", "llava15_7b", "Model preset (configs/common.py).")
+  flags.DEFINE_integer("llm_dim", None, "Override: decoder width (heads = dim / 128).")
+  flags.DEFINE_integer("llm_layers", None, "Override: decoder depth.")
+  flags.DEFINE_integer("llm_mlp", None, "Override: decoder MLP width.")
+  flags.DEFINE_bool("keep", False, "Keep the scratch directory.")
 
 
 def _model_cfg():
-  model_cfg = common.model_config(_PRESET.value)
-  if _LLM_DIM.value:
-    model_cfg.llm.dim = _LLM_DIM.value
-    model_cfg.llm.heads = model_cfg.llm.kv_heads = _LLM_DIM.value // 128
-  if _LLM_LAYERS.value:
-    model_cfg.llm.layers = _LLM_LAYERS.value
-  if _LLM_MLP.value:
-    model_cfg.llm.mlp_dim = _LLM_MLP.value
+  model_cfg = common.model_config(FLAGS.preset)
+  if FLAGS.llm_dim:
+    model_cfg.llm.dim = FLAGS.llm_dim
+    model_cfg.llm.heads = model_cfg.llm.kv_heads = FLAGS.llm_dim // 128
+  if FLAGS.llm_layers:
+    model_cfg.llm.layers = FLAGS.llm_layers
+  if FLAGS.llm_mlp:
+    model_cfg.llm.mlp_dim = FLAGS.llm_mlp
   return model_cfg
 
 
@@ -82,14 +87,14 @@ def _peak_rss_of(command: list[str]) -> tuple[float, float]:
 
 def main(argv):
   del argv
-  work = pathlib.Path(_WORKDIR.value)
+  work = pathlib.Path(FLAGS.workdir)
   if work.exists():
     shutil.rmtree(work)
   hf_dir, ours, back = work / "hf", work / "ours", work / "hf_again"
   start = time.time()
   model_cfg = _model_cfg()
   size = write_random_checkpoint(hf_dir, model_cfg)
-  print(f"checkpoint {_PRESET.value} (llm {model_cfg.llm.dim}x{model_cfg.llm.layers}): "
+  print(f"checkpoint {FLAGS.preset} (llm {model_cfg.llm.dim}x{model_cfg.llm.layers}): "
         f"{size / 2**30:.2f} GiB, {size // 2} bf16 params, written in {time.time() - start:.0f}s",
         flush=True)
   convert = [sys.executable, "-m", "llava_jax.convert"]
@@ -102,9 +107,10 @@ def main(argv):
     print(f"{name}: peak RSS {rss:.2f} GiB = {rss / (size / 2**30):.2f} x checkpoint, "
           f"{seconds:.0f}s", flush=True)
   print(json.dumps(results))
-  if not _KEEP.value:
+  if not FLAGS.keep:
     shutil.rmtree(work)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -19,51 +19,57 @@ from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import generate
 from llava_jax.datagen import prompts
 
-_ANNOTATIONS = flags.DEFINE_list(
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so tests and tools can import it."""
+  flags.DEFINE_list(
     "annotations", None, "A .jsonl of {image, captions, boxes}, or COCO captions[,instances] "
     "JSON files.", required=True)
-_IMAGES = flags.DEFINE_string(
+  flags.DEFINE_string(
     "images", None, "Image directory; annotations whose image is missing are skipped.")
-_OUT = flags.DEFINE_string("out", None, "Output directory (resumable).", required=True)
-_TYPES = flags.DEFINE_list("types", ["conv", "detail", "reasoning"], "Generators to run.")
-_API_BASE = flags.DEFINE_string("api_base", "https://api.openai.com/v1",
-                                "OpenAI-compatible base URL (…/v1).")
-_MODEL = flags.DEFINE_string("model", "gpt-4o", "Model name sent to the endpoint.")
-_API_KEY_ENV = flags.DEFINE_string(
+  flags.DEFINE_string("out", None, "Output directory (resumable).", required=True)
+  flags.DEFINE_list("types", ["conv", "detail", "reasoning"], "Generators to run.")
+  flags.DEFINE_string("api_base", "https://api.openai.com/v1",
+                      "OpenAI-compatible base URL (…/v1).")
+  flags.DEFINE_string("model", "gpt-4o", "Model name sent to the endpoint.")
+  flags.DEFINE_string(
     "api_key_env", "OPENAI_API_KEY", "Environment variable holding the API key (may be unset "
     "for a local server).")
-_CONCURRENCY = flags.DEFINE_integer("concurrency", 4, "Requests in flight at most.")
-_MAX_REQUESTS = flags.DEFINE_integer(
+  flags.DEFINE_integer("concurrency", 4, "Requests in flight at most.")
+  flags.DEFINE_integer(
     "max_requests", None, "Request budget for this run, retries included (default: no limit).")
-_MAX_RETRIES = flags.DEFINE_integer("max_retries", 5, "Retries per request on 429/5xx.")
-_BACKOFF_S = flags.DEFINE_float("backoff_s", 1.0, "First retry delay; doubles per retry.")
-_TIMEOUT_S = flags.DEFINE_float("timeout_s", 300.0, "Per-request HTTP timeout.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.2, "Sampling temperature.")
-_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1024, "Response length limit.")
-_LIMIT = flags.DEFINE_integer("limit", None, "Use only the first N images.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds the per-record choice of instruction wording.")
-_PROMPTS_DIR = flags.DEFINE_string(
+  flags.DEFINE_integer("max_retries", 5, "Retries per request on 429/5xx.")
+  flags.DEFINE_float("backoff_s", 1.0, "First retry delay; doubles per retry.")
+  flags.DEFINE_float("timeout_s", 300.0, "Per-request HTTP timeout.")
+  flags.DEFINE_float("temperature", 0.2, "Sampling temperature.")
+  flags.DEFINE_integer("max_tokens", 1024, "Response length limit.")
+  flags.DEFINE_integer("limit", None, "Use only the first N images.")
+  flags.DEFINE_integer("seed", 0, "Seeds the per-record choice of instruction wording.")
+  flags.DEFINE_string(
     "prompts_dir", prompts.PROMPTS_DIR, "Folder with conv/, detail/, reasoning/ prompt files "
     "(system_message.txt, NNN_context.txt + NNN_response.txt pairs).")
 
 
 def main(argv):
   del argv
-  anns = annotations_lib.load(_ANNOTATIONS.value, _IMAGES.value)[:_LIMIT.value]
+  anns = annotations_lib.load(FLAGS.annotations, FLAGS.images)[:FLAGS.limit]
   client = client_lib.ChatClient(
-      api_base=_API_BASE.value, model=_MODEL.value,
-      api_key=os.environ.get(_API_KEY_ENV.value),
-      budget=client_lib.RequestBudget(_MAX_REQUESTS.value), max_retries=_MAX_RETRIES.value,
-      backoff_s=_BACKOFF_S.value, timeout_s=_TIMEOUT_S.value)
-  stats = generate.run(anns, _TYPES.value, client, _OUT.value, images_dir=_IMAGES.value,
-                       concurrency=_CONCURRENCY.value, temperature=_TEMPERATURE.value,
-                       max_tokens=_MAX_TOKENS.value, seed=_SEED.value,
-                       prompts_dir=_PROMPTS_DIR.value)
+      api_base=FLAGS.api_base, model=FLAGS.model,
+      api_key=os.environ.get(FLAGS.api_key_env),
+      budget=client_lib.RequestBudget(FLAGS.max_requests), max_retries=FLAGS.max_retries,
+      backoff_s=FLAGS.backoff_s, timeout_s=FLAGS.timeout_s)
+  stats = generate.run(anns, FLAGS.types, client, FLAGS.out, images_dir=FLAGS.images,
+                       concurrency=FLAGS.concurrency, temperature=FLAGS.temperature,
+                       max_tokens=FLAGS.max_tokens, seed=FLAGS.seed,
+                       prompts_dir=FLAGS.prompts_dir)
   print(generate.format_table(stats))
   print(f"requests sent: {client.budget.used}; records: "
-        f"{os.path.join(_OUT.value, generate.MERGED_FILE)}")
+        f"{os.path.join(FLAGS.out, generate.MERGED_FILE)}")
   print(json.dumps({k: s.to_dict() for k, s in stats.items()}))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -4,16 +4,22 @@ from absl import app, flags
 
 from llava_jax.data.demo import build
 
-_OUT = flags.DEFINE_string("out", "data/demo", "Output directory.")
-_SEED = flags.DEFINE_integer("seed", 0, "RNG seed; 0 reproduces the shipped files.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so tests and tools can import it."""
+  flags.DEFINE_string("out", "data/demo", "Output directory.")
+  flags.DEFINE_integer("seed", 0, "RNG seed; 0 reproduces the shipped files.")
 
 
 def main(argv):
   del argv
-  demo = build.write_demo(_OUT.value, _SEED.value)
+  demo = build.write_demo(FLAGS.out, FLAGS.seed)
   print(f"wrote {len(demo.images)} images, {len(demo.pretrain)} pretrain and "
-        f"{len(demo.finetune)} finetune records to {_OUT.value}")
+        f"{len(demo.finetune)} finetune records to {FLAGS.out}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
