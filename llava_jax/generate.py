@@ -102,6 +102,10 @@ class Generator:
     """Decodes until every row is done or `end_step` new tokens exist."""
     batch, max_new = state["tokens"].shape
     eos_V = jnp.array(self.eos_ids, jnp.int32)
+    # Per-layer weights made once, outside the loop (see llama.split_layer_params).
+    llm = params["llm"]
+    params = dict(params, llm=dict(llm, layers=llama.split_layer_params(
+        llm["layers"], self.model.cfg.llm.layers)))
     end_step = jnp.minimum(end_step, max_new)
 
     def cond(s):

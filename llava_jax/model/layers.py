@@ -143,6 +143,23 @@ def dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, implem
   return out.reshape(b, t, h, dh)
 
 
+def cached_attention(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxTxS):
+  """`dot_product_attention` (xla) against a KV cache stored heads-first [B, K, S, Dh].
+
+  Both einsums take the cache as stored (batch dims b, k lead; s, d follow), so a decode step
+  moves no cache-sized buffer besides the reads; only the small q and output are transposed.
+  """
+  b, t, h, dh = q_BxTxHxDh.shape
+  kv = k_BxKxSxDh.shape[1]
+  q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, h // kv, dh)
+  scores = jnp.einsum("btkgd,bksd->bkgts", q_BxTxKxGxDh, k_BxKxSxDh,
+                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(dh))
+  scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxDh.dtype)
+  out = jnp.einsum("bkgts,bksd->btkgd", probs, v_BxKxSxDh)
+  return out.reshape(b, t, h, dh)
+
+
 def remat_policy(name: str):
   """(use_remat, jax checkpoint policy) for the config's `remat` string."""
   if name == "none":

@@ -4,11 +4,18 @@ Einsum letters: B batch, T query tokens, S key slots (T, or the KV-cache length)
 H query heads, K key/value heads, Dh head width, F mlp width, V vocabulary, L layers.
 
 KV cache: a plain dict of arrays that the caller passes in and gets back (see `init_cache`):
-  k, v         [L, B, S, K, Dh]  keys (after RoPE) and values per layer and slot
+  k, v         tuples of L arrays [B, K, S, Dh]: keys (after RoPE) and values per layer, slot
   segment_ids  int32[B, S]       segment id of each filled slot, 0 = empty or padding
   index        int32[]           next slot to write; the T new tokens go to [index, index + T)
 A query in slot i attends to the slots j <= i whose segment id equals its own (non-zero) one,
 so left-padded prompts (padding = segment 0) decode in one batch with explicit positions.
+
+Why this layout (decode speed): heads-first [B, K, S, Dh] is the layout of the attention
+einsums' key/value operand (batch dims b, k; then s, d), so a step reads the cache as stored
+instead of transposing it; one array per layer lets each step write its T new slots in place
+(`dynamic_update_slice` on a while-loop carry) instead of slicing a stacked [L, ...] array out
+of a scan and writing it back (two extra passes over the whole cache per step). The cached
+path therefore runs the layers as an unrolled Python loop over the scanned parameters.
 """
 
 import dataclasses
@@ -38,9 +45,21 @@ class DecoderConfig:
 
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
   """An empty KV cache with `max_len` slots (see the module docstring)."""
-  shape = (cfg.layers, batch, max_len, cfg.kv_heads, cfg.head_dim)
-  return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+  shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.layers))
+  return dict(k=zeros, v=zeros,
               segment_ids=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+
+def split_layer_params(stacked_layers: dict, num_layers: int) -> tuple:
+  """The scanned blocks' stacked [L, ...] parameters as a tuple of L per-layer trees.
+
+  Why: slicing layer l out of the stacked arrays inside a decode loop copies every weight on
+  every step (read + write, then read again by the matmul: ~3x the weight traffic of a
+  memory-bound step). Split once before the loop, the loop body reads each weight once.
+  Put the tuple at params['llm']['layers'] in place of the stacked tree (cached calls only).
+  """
+  return tuple(jax.tree.map(lambda p, l=l: p[l], stacked_layers) for l in range(num_layers))
 
 
 class Attention(nn.Module):
@@ -64,17 +83,26 @@ class Attention(nn.Module):
     k_BxTxKxDh = layers.apply_rope(k, cos_BxTxDh, sin_BxTxDh)
     q_BxTxHxDh = nn.with_logical_constraint(q_BxTxHxDh, ("batch", "length", "act_heads", None))
     new_cache = None
-    if layer_cache is not None:
-      # Write the new keys/values into their slots, then attend over the whole cache.
-      k_BxSxKxDh = jax.lax.dynamic_update_slice_in_dim(
-          layer_cache["k"], k_BxTxKxDh.astype(layer_cache["k"].dtype), cache_index, axis=1)
-      v_BxSxKxDh = jax.lax.dynamic_update_slice_in_dim(
-          layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, axis=1)
-      new_cache = dict(k=k_BxSxKxDh, v=v_BxSxKxDh)
-      k_BxTxKxDh = k_BxSxKxDh.astype(self.dtype)
-      v = v_BxSxKxDh.astype(self.dtype)
-    o_BxTxHxDh = layers.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v, mask_BxTxS,
-                                              self.implementation)
+    if layer_cache is None:
+      o_BxTxHxDh = layers.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v, mask_BxTxS,
+                                                self.implementation)
+    else:
+      # Write the T new keys/values into their slots (in place: only [B, K, T, Dh] moves),
+      # then attend over the whole cache in its stored heads-first layout.
+      def write(cache_BxKxSxDh, new_BxTxKxDh):
+        new_BxKxTxDh = jnp.swapaxes(new_BxTxKxDh, 1, 2).astype(cache_BxKxSxDh.dtype)
+        return jax.lax.dynamic_update_slice_in_dim(cache_BxKxSxDh, new_BxKxTxDh, cache_index,
+                                                   axis=2)
+      k_BxKxSxDh = write(layer_cache["k"], k_BxTxKxDh)
+      v_BxKxSxDh = write(layer_cache["v"], v)
+      new_cache = dict(k=k_BxKxSxDh, v=v_BxKxSxDh)
+      if self.implementation == "xla":
+        o_BxTxHxDh = layers.cached_attention(q_BxTxHxDh, k_BxKxSxDh.astype(self.dtype),
+                                             v_BxKxSxDh.astype(self.dtype), mask_BxTxS)
+      else:  # cuDNN wants [B, S, K, Dh]; only the (one-off) prefill is worth its kernel.
+        o_BxTxHxDh = layers.dot_product_attention(
+            q_BxTxHxDh, jnp.swapaxes(k_BxKxSxDh, 1, 2).astype(self.dtype),
+            jnp.swapaxes(v_BxKxSxDh, 1, 2).astype(self.dtype), mask_BxTxS, self.implementation)
     out = layers.dense(cfg.dim, ("heads", "head_dim", "embed"), n_in=2, name="o",
                        **kw)(o_BxTxHxDh)
     return out, new_cache
@@ -140,6 +168,28 @@ class Decoder(nn.Module):
       self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,
                                   param_dtype=pdt)
 
+  def _cached_layers(self, x_BxTxD, cos, sin, mask_BxTxS, index, k_cache, v_cache):
+    """The scanned blocks as an unrolled loop, each layer reading/writing its own cache arrays.
+
+    Takes the stacked parameters of `self.layers` (a static index picks layer l's slice) or,
+    better inside a decode loop, the tuple from `split_layer_params` made once before it.
+    """
+    if len(k_cache) != self.cfg.layers:
+      raise ValueError(f"llama.Decoder: the KV cache has {len(k_cache)} layers, the model "
+                       f"{self.cfg.layers} (make it with init_cache)")
+    layer_trees = nn.meta.unbox(self.variables["params"]["layers"])
+    if not isinstance(layer_trees, (tuple, list)):
+      layer_trees = split_layer_params(layer_trees, self.cfg.layers)
+    block = DecoderBlock(self.cfg, self.dtype, self.param_dtype, self.attention, parent=None)
+    new_k, new_v = [], []
+    for l, layer_params in enumerate(layer_trees):
+      x_BxTxD, layer_cache = block.apply(
+          {"params": layer_params}, x_BxTxD, cos, sin, mask_BxTxS, index,
+          dict(k=k_cache[l], v=v_cache[l]))
+      new_k.append(layer_cache["k"])
+      new_v.append(layer_cache["v"])
+    return x_BxTxD, tuple(new_k), tuple(new_v)
+
   def embed_tokens(self, ids_BxT):
     x_BxTxD = self.embed(ids_BxT)
     return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
@@ -173,11 +223,13 @@ class Decoder(nn.Module):
       k_slots_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
       mask_BxTxS = layers.attention_mask(segment_ids_BxT, cache_segments_BxS, q_slots_BxT,
                                          k_slots_BxS)
-      layer_caches = dict(k=cache["k"], v=cache["v"])
       new_cache = dict(segment_ids=cache_segments_BxS, index=index + t)
-    x_BxTxD, layer_caches = self.layers(x_BxTxD, cos, sin, mask_BxTxS, index, layer_caches)
-    if new_cache is not None:
-      new_cache.update(layer_caches)
+    if cache is None:
+      x_BxTxD, _ = self.layers(x_BxTxD, cos, sin, mask_BxTxS, None, None)
+    else:
+      x_BxTxD, new_k, new_v = self._cached_layers(x_BxTxD, cos, sin, mask_BxTxS, index,
+                                                  cache["k"], cache["v"])
+      new_cache.update(k=new_k, v=new_v)
     h_BxTxD = self.final_norm(x_BxTxD)
     out = h_BxTxD if return_hidden else self.logits(h_BxTxD)
     return out, new_cache
