@@ -2,6 +2,7 @@
 stopping, left padding, sharding, streaming, and the compile-once loop."""
 
 import pathlib
+import re
 import tempfile
 
 from absl.testing import absltest
@@ -26,6 +27,18 @@ def _prompt(rng, words: int, image: bool) -> list[int]:
   """BOS, optionally an expanded image, then `words` random text ids (no special ids)."""
   text = rng.integers(10, 1000, size=words).tolist()
   return [1] + ([fx.IMAGE_TOKEN_ID] * N if image else []) + text
+
+
+def _hlo_computations(hlo: str) -> dict[str, list[str]]:
+  """Optimized HLO text -> {computation name: its instruction lines}."""
+  comps, current = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
+    if head:
+      current = comps.setdefault(head.group(1), [])
+    elif current is not None:
+      current.append(line)
+  return comps
 
 
 class GenerateTest(absltest.TestCase):
@@ -104,6 +117,42 @@ class GenerateTest(absltest.TestCase):
     gen.generate([self.prompts[0][:-2], self.prompts[1], self.prompts[2][:-1]], self.pixels,
                  max_new_tokens=[7, 40, 33])
     self.assertEqual(gen._continue._cache_size(), before)
+
+  def test_decode_loop_reads_weights_and_cache_in_place(self):
+    """The compiled decode loop neither slices the stacked [L, ...] weights (a copy of every
+    weight per step) nor copies / transposes a KV-cache buffer: it only updates it in place."""
+    gen = self.model.generator
+    _, shapes, ids, pixels, lengths, max_new, kw = gen._prepare(self.prompts, self.pixels, None, 8)
+    state = gen._start(gen.params, ids, pixels, lengths, max_new, kw, max_new=shapes.max_new)
+    hlo = gen._continue.lower(gen.params, state, np.int32(8), np.zeros(shapes.batch, bool),
+                              kw).compile().as_text()
+    cache = state["cache"]["k"][0]
+    self.assertEqual(cache.dtype, np.float32)
+    cache_type = f"f32[{','.join(map(str, cache.shape))}]"
+    comps = _hlo_computations(hlo)
+    loops = [l for lines in comps.values() for l in lines if " while(" in l and cache_type in l]
+    self.assertNotEmpty(loops, f"no while loop carrying {cache_type}")
+    body_name = re.search(r"body=%([\w.-]+)", loops[0]).group(1)
+    body = comps[body_name]
+    stacked = [x for x in jax.tree.leaves(gen.params["llm"]["layers"]) if x.ndim >= 3]
+    self.assertNotEmpty(stacked)
+    body_text = "\n".join(body)
+    for x in stacked:
+      x_type = f"[{','.join(map(str, x.shape))}]"
+      self.assertFalse(x_type in body_text, f"the decode step reads stacked weights {x_type}")
+    writes = 0
+    for line in body:
+      op = re.match(rf"\s*(?:ROOT )?%\S+ = {re.escape(cache_type)}\{{[\d,]*\}} ([\w-]+)\(", line)
+      if not op or op.group(1) in ("bitcast", "get-tuple-element", "parameter", "tuple"):
+        continue
+      if op.group(1) == "fusion":
+        called = comps[re.search(r"calls=%([\w.-]+)", line).group(1)]
+        root = next(l for l in called if l.lstrip().startswith("ROOT"))
+        self.assertIn("dynamic-update-slice(", root, line)
+      else:
+        self.assertEqual(op.group(1), "dynamic-update-slice", line)
+      writes += 1
+    self.assertEqual(writes, 2 * len(state["cache"]["k"]))  # k and v of every layer
 
   def test_seeded_sampling_is_reproducible(self):
     ids = np.array([self.prompts[0]])
