@@ -75,6 +75,7 @@ class Generator:
     self.bucket = bucket
     self._start = jax.jit(self._start_impl, static_argnames=("max_new",))
     self._continue = jax.jit(self._continue_impl, donate_argnames=("state",))
+    self._split_layers = jax.jit(self._split_layers_impl)
 
   # --- device programs ---------------------------------------------------------------------
 
@@ -98,14 +99,20 @@ class Generator:
                 step=jnp.int32(1), done=eos_B | (max_new_B <= 1), eos=eos_B, max_new=max_new_B,
                 count=jnp.ones((batch,), jnp.int32))
 
+  def _split_layers_impl(self, params):
+    """params with the decoder's stacked layer weights as a tuple of per-layer trees (see
+    llama.split_layer_params: the decode loop then reads each weight once per step)."""
+    llm = params["llm"]
+    if isinstance(llm["layers"], tuple):
+      return params
+    return dict(params, llm=dict(llm, layers=llama.split_layer_params(
+        llm["layers"], self.model.cfg.llm.layers)))
+
   def _continue_impl(self, params, state, end_step, cancel_B, sample_kw):
     """Decodes until every row is done or `end_step` new tokens exist."""
     batch, max_new = state["tokens"].shape
     eos_V = jnp.array(self.eos_ids, jnp.int32)
-    # Per-layer weights made once, outside the loop (see llama.split_layer_params).
-    llm = params["llm"]
-    params = dict(params, llm=dict(llm, layers=llama.split_layer_params(
-        llm["layers"], self.model.cfg.llm.layers)))
+    params = self._split_layers_impl(params)  # outside the loop; a no-op on split params
     end_step = jnp.minimum(end_step, max_new)
 
     def cond(s):
@@ -192,7 +199,10 @@ class Generator:
     """
     n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = self._prepare(
         prompts, pixels, params, max_new_tokens)
-    state = self._start(self.params, *self._place(ids_BxT, pixels, lengths_B, max_new_B),
+    # Split once per request, not once per chunk: a split copies every decoder weight (the
+    # copy lives until the request ends).
+    weights = self._split_layers(self.params)
+    state = self._start(weights, *self._place(ids_BxT, pixels, lengths_B, max_new_B),
                         sample_kw, max_new=shapes.max_new)
     cancel_B = np.zeros(shapes.batch, bool)
     sent = np.zeros(n, np.int32)
@@ -214,8 +224,7 @@ class Generator:
         cancel_B[:n] = cancel[:n]
       if np.all(done):
         return
-      state = self._continue(self.params, state, np.int32(step + chunk_size), cancel_B,
-                             sample_kw)
+      state = self._continue(weights, state, np.int32(step + chunk_size), cancel_B, sample_kw)
 
   def generate(self, prompts: Sequence[Sequence[int]], pixels, *, params=None,
                max_new_tokens: int | Sequence[int] = 64, keep_eos: bool = False) -> np.ndarray:
