@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from llava_jax import prompting
 
@@ -131,6 +132,7 @@ def _write(text: str):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax's restore chatter would bury the conversation.
   f = flags.FLAGS
   try:
     image = read_image(f.image) if f.image else None
