@@ -96,10 +96,10 @@ class Attention(nn.Module):
       k_BxKxSxDh = write(layer_cache["k"], k_BxTxKxDh)
       v_BxKxSxDh = write(layer_cache["v"], v)
       new_cache = dict(k=k_BxKxSxDh, v=v_BxKxSxDh)
-      if self.implementation == "xla":
+      if self.implementation == "xla" or x_BxTxD.shape[1] == 1:
         o_BxTxHxDh = layers.cached_attention(q_BxTxHxDh, k_BxKxSxDh.astype(self.dtype),
                                              v_BxKxSxDh.astype(self.dtype), mask_BxTxS)
-      else:  # cuDNN wants [B, S, K, Dh]; only the (one-off) prefill is worth its kernel.
+      else:  # cuDNN wants [B, S, K, Dh]: worth the transpose for a prefill, not a decode step.
         o_BxTxHxDh = layers.dot_product_attention(
             q_BxTxHxDh, jnp.swapaxes(k_BxKxSxDh, 1, 2).astype(self.dtype),
             jnp.swapaxes(v_BxKxSxDh, 1, 2).astype(self.dtype), mask_BxTxS, self.implementation)
