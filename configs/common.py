@@ -101,4 +101,5 @@ def data_config() -> ml_collections.ConfigDict:
   c.num_workers = 2             # Grain worker processes; 0 = decode in the calling process
   c.worker_buffer_size = 2      # elements each worker prepares ahead
   c.skip_reasons_shown = 5      # how many skip reasons the end-of-epoch report prints
+  c.pack = False                # True: first-fit several samples per row (segment ids 1..k)
   return c

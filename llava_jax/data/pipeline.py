@@ -23,6 +23,11 @@ batches stay full and shapes static — and counted with its record id and reaso
 no `<image>` is shown to the model anyway (`<image>\\n` prepended; warned once). In "strict"
 mode the first bad sample raises `StrictModeError` (a records.RecordError) naming the record.
 
+`data.pack=True` packs consecutive samples first-fit into each batch's rows instead of one per
+row (static shapes: `max_len` tokens and `max_images` image slots per row; segment ids 1..k,
+positions from 0 per sample, a sample's images in the row's next slots, its first label never a
+target); the model attends only within a segment, so the loss equals the unpacked one.
+
 Every step is deterministic in (seed, host, position in the stream), so restoring a saved
 iterator state into a new iterator yields the batches an unbroken run would, with or without
 worker processes and across epoch boundaries (the skip counts are part of the state). Each
@@ -269,12 +274,13 @@ class StrictModeError(records_lib.RecordError):
 class _SkipAndBatchDataset(grain.IterDataset):
 
   def __init__(self, parent: grain.IterDataset, batch_size: int, epoch_size: int, strict: bool,
-               reasons_shown: int):
+               reasons_shown: int, pack: bool = False):
     super().__init__(parent)
     self.batch_size = batch_size
     self.epoch_size = epoch_size
     self.strict = strict
     self.reasons_shown = reasons_shown
+    self.pack = pack
 
   def __iter__(self) -> "_SkippingBatchIterator":
     return _SkippingBatchIterator(self._parent.__iter__(), self)
@@ -303,31 +309,63 @@ class _SkippingBatchIterator(grain.DatasetIterator):
     super().__init__(parent)
     self._spec = spec
     self._skip_stats = {"epoch": 0, "epochs": {"0": _empty_stats()}, "total": _empty_stats()}
+    self._pending = None          # data.pack: the pulled sample that did not fit the last batch
+    self._pending_state = None    # get_state() from before it was pulled
 
   def __next__(self) -> dict[str, np.ndarray]:
-    rows, skipped_in_a_row = [], 0
-    while len(rows) < self._spec.batch_size:
+    if self._spec.pack:
+      rows = self._packed_rows()
+    else:
+      rows = [self._next_usable() for _ in range(self._spec.batch_size)]
+    # Pixels stay uint8 until TrainIterator: 4x fewer bytes through shared memory.
+    return {k: np.stack([r[k] for r in rows]) for k in ROW_KEYS}
+
+  def _next_usable(self) -> dict[str, Any]:
+    """The next sample that is not a skip marker; counts what it passes."""
+    skipped_in_a_row = 0
+    while True:
       element = next(self._parent)
       epoch = element["index"] // self._spec.epoch_size
       if epoch != self._skip_stats["epoch"]:
         self._start_epoch(epoch)
-      if element["skip"]:
-        if self._spec.strict:
-          kind = _reason_kind(element["skip"])
-          raise StrictModeError(element["id"], "sample", element["skip"], kind=kind)
-        self._count(element, "skipped", "by_reason", "first", element["skip"])
-        skipped_in_a_row += 1
-        if skipped_in_a_row >= self._spec.epoch_size:
-          raise ValueError(f"a whole epoch of records was skipped; the last: record "
-                           f"{element['id']}: {element['skip']}")
-        continue
-      skipped_in_a_row = 0
-      self._count(element, "used")
-      for note in element["notes"]:
-        self._count(element, None, "notes", "first_notes", note)
-      rows.append(element)
-    # Pixels stay uint8 until TrainIterator: 4x fewer bytes through shared memory.
-    return {k: np.stack([r[k] for r in rows]) for k in ROW_KEYS}
+      if not element["skip"]:
+        break
+      if self._spec.strict:
+        kind = _reason_kind(element["skip"])
+        raise StrictModeError(element["id"], "sample", element["skip"], kind=kind)
+      self._count(element, "skipped", "by_reason", "first", element["skip"])
+      skipped_in_a_row += 1
+      if skipped_in_a_row >= self._spec.epoch_size:
+        raise ValueError(f"a whole epoch of records was skipped; the last: record "
+                         f"{element['id']}: {element['skip']}")
+    self._count(element, "used")
+    for note in element["notes"]:
+      self._count(element, None, "notes", "first_notes", note)
+    return element
+
+  def _packed_rows(self) -> list[dict[str, Any]]:
+    """data.pack: first-fit of consecutive samples into batch_size rows (static shapes).
+
+    A sample goes into the first row with room for its tokens and its images; when no row of
+    the batch has room the batch is done and the sample waits for the next one. Its stream
+    position is not in the iterator state: the state is the one from before it was pulled, so
+    a restore pulls it again (the pipeline is deterministic in the stream position).
+    """
+    rows = []
+    while True:
+      if self._pending is None:
+        self._pending_state = self.get_state()
+        self._pending = self._next_usable()
+      row = next((r for r in rows if _fits(r, self._pending)), None)
+      if row is None:
+        if len(rows) == self._spec.batch_size:
+          return rows
+        row = {k: v.copy() for k, v in self._pending.items() if k in ROW_KEYS}
+        row["segment_ids"][:] = 0
+        row["num_images"] = np.int32(0)
+        rows.append(row)
+      _append_sample(row, self._pending)
+      self._pending = None
 
   def _count(self, element, counter, by_kind=None, first=None, reason=""):
     epoch_stats = self._skip_stats["epochs"][str(self._skip_stats["epoch"])]
@@ -348,12 +386,42 @@ class _SkippingBatchIterator(grain.DatasetIterator):
     self._skip_stats["epoch"] = epoch
 
   def get_state(self) -> dict[str, Any]:
+    if self._pending is not None:
+      return json.loads(json.dumps(self._pending_state))
     return {"parent": self._parent.get_state(), "skip_stats": json.loads(json.dumps(
         self._skip_stats))}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
     self._skip_stats = json.loads(json.dumps(state["skip_stats"]))
+    self._pending = None
+
+
+def _sample_len(element: dict[str, Any]) -> int:
+  return int(np.count_nonzero(element["segment_ids"]))
+
+
+def _fits(row: dict[str, np.ndarray], element: dict[str, Any]) -> bool:
+  """Whether a sample's tokens and images fit in what `row` has left."""
+  return (_sample_len(row) + _sample_len(element) <= row["input_ids"].shape[0] and
+          int(row["num_images"]) + int(element["num_images"]) <= row["pixels_uint8"].shape[0])
+
+
+def _append_sample(row: dict[str, np.ndarray], element: dict[str, Any]) -> None:
+  """Writes a sample after the row's last one: segment id k+1, positions from 0, its images in
+  the next image slots (the model gives the j-th image-token run of a row pixels[j])."""
+  start, n = _sample_len(row), _sample_len(element)
+  end = start + n
+  row["input_ids"][start:end] = element["input_ids"][:n]
+  row["labels"][start:end] = element["labels"][:n]
+  # Labels are shifted in the loss (position t predicts labels[t + 1]): a sample's first token is
+  # never a target, so the previous sample's last token predicts nothing across the boundary.
+  row["labels"][start] = tokenize.IGNORE
+  row["segment_ids"][start:end] = int(row["segment_ids"].max()) + 1
+  row["positions"][start:end] = element["positions"][:n]
+  first, m = int(row["num_images"]), int(element["num_images"])
+  row["pixels_uint8"][first:first + m] = element["pixels_uint8"][:m]
+  row["num_images"] = np.int32(first + m)
 
 
 def _reason_kind(reason: str) -> str:
@@ -477,7 +545,7 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.
   ds = ds.to_iter_dataset()
   ds = _SkipAndBatchDataset(ds, global_batch_size // process_count, epoch_size,
                             strict=data_cfg.on_error == "strict",
-                            reasons_shown=data_cfg.skip_reasons_shown)
+                            reasons_shown=data_cfg.skip_reasons_shown, pack=data_cfg.pack)
   if data_cfg.num_workers > 0:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()   # Grain's worker start-up reads absl flags.
