@@ -37,21 +37,22 @@ class FakeOpenAI:
           status = server.fail_first.pop(0) if server.fail_first else 200
           server._in_flight += 1
           server.max_in_flight = max(server.max_in_flight, server._in_flight)
-        try:
-          time.sleep(server.delay_s)
-          if self.path != "/v1/chat/completions":
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
-          if status != 200:
-            return self._send(status, {"error": {"message": "scripted failure"}})
-          content = server.reply(body)
-          content, finish = content if isinstance(content, tuple) else (content, "stop")
-          self._send(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
-                           "model": body.get("model"), "choices": [{
-                               "index": 0, "finish_reason": finish,
-                               "message": {"role": "assistant", "content": content}}]})
-        finally:
-          with server._lock:
-            server._in_flight -= 1
+        # A request stops counting as in flight before its response is written: the client can
+        # send its next request as soon as it reads the response, possibly before a `finally`
+        # here would run, which made the count one too high now and then.
+        time.sleep(server.delay_s)
+        with server._lock:
+          server._in_flight -= 1
+        if self.path != "/v1/chat/completions":
+          return self._send(404, {"error": {"message": f"no route {self.path}"}})
+        if status != 200:
+          return self._send(status, {"error": {"message": "scripted failure"}})
+        content = server.reply(body)
+        content, finish = content if isinstance(content, tuple) else (content, "stop")
+        self._send(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+                         "model": body.get("model"), "choices": [{
+                             "index": 0, "finish_reason": finish,
+                             "message": {"role": "assistant", "content": content}}]})
 
       def _send(self, status, payload):
         data = json.dumps(payload).encode()
