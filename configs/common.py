@@ -66,6 +66,7 @@ def model_config(preset: str) -> ml_collections.ConfigDict:
   c.param_dtype = "float32"     # master weights
   c.remat = "none"              # "none" | "dots" | "full"
   c.attention = "xla"           # "xla" (reference) | "cudnn" | ...
+  c.scan_unroll = 0             # decoder layers per loop iteration; 0 = all on CPU, 1 elsewhere
   return c
 
 

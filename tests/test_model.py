@@ -215,6 +215,24 @@ class ModelTest(parameterized.TestCase):
     self.assertGreater(float(jnp.abs(grads["none"]["params"]["vision"]["layers"]["attn"]["q"]
                                      ["kernel"]).max()), 0)
 
+  def test_scan_unroll_changes_the_program_not_the_gradients(self):
+    def loss(model, params):
+      logits = model.apply(params, self.ids[:1], self.pixels[:1], self.seg[:1], self.pos[:1])
+      return jnp.mean(jax.nn.logsumexp(logits, -1))
+
+    cfg = small_cfg()
+    layers = cfg.llm.layers
+    self.assertEqual(model_lib.model_dataclass(cfg).scan_unroll, layers)  # 0 = auto; CPU here.
+    grads, loops = {}, {}
+    for unroll in (1, layers):
+      cfg.scan_unroll = unroll
+      model = model_lib.build(cfg)
+      loops[unroll] = jax.jit(functools.partial(loss, model)).lower(self.params).as_text().count(
+          "stablehlo.while")
+      grads[unroll] = jax.jit(jax.grad(functools.partial(loss, model)))(self.params)
+    self.assertEqual(loops[1], loops[layers] + 1)  # The decoder's loop is gone when unrolled.
+    chex.assert_trees_all_close(grads[layers], grads[1], atol=1e-6)
+
   def test_tied_embeddings_have_no_lm_head(self):
     cfg = small_cfg(tie_embeddings=True)
     model = model_lib.build(cfg)
@@ -255,7 +273,8 @@ class StructureTest(parameterized.TestCase):
 
   @parameterized.parameters(("projector", "mlp", "model.projector"),
                             ("remat", "some", "model.remat"),
-                            ("attention", "flash", "model.attention"))
+                            ("attention", "flash", "model.attention"),
+                            ("scan_unroll", -1, "model.scan_unroll"))
   def test_bad_config_values_are_named(self, field, value, message):
     cfg = small_cfg()
     cfg[field] = value

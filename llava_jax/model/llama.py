@@ -149,6 +149,7 @@ class Decoder(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   remat: str = "none"
   attention: str = "xla"
+  scan_unroll: int = 1  # layers per loop iteration; cfg.layers = a fully unrolled loop
 
   def setup(self):
     cfg, dt, pdt = self.cfg, self.dtype, self.param_dtype
@@ -159,15 +160,14 @@ class Decoder(nn.Module):
     use_remat, policy = layers.remat_policy(self.remat)
     if use_remat:
       block = nn.remat(block, policy=policy, prevent_cse=False)
-    # On CPU the layer loop is unrolled (same stacked parameters): XLA:CPU zero-fills the rolled
-    # loop's stacked per-layer residual buffers for the backward pass, ~20 ms of the tiny
-    # training step (5-10% measured). Accelerators keep the rolled loop, whose compile time
-    # does not grow with depth.
-    unroll = cfg.layers if jax.default_backend() == "cpu" else 1
+    if not 1 <= self.scan_unroll <= cfg.layers:
+      raise ValueError(f"model.scan_unroll: {self.scan_unroll} is not in [1, {cfg.layers}] "
+                       "(layers per loop iteration; 0 in the config picks one)")
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.layers,
-        unroll=unroll, metadata_params={nn.PARTITION_NAME: "layers"})(cfg, dt, pdt, self.attention)
+        unroll=self.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
+            cfg, dt, pdt, self.attention)
     self.final_norm = layers.RMSNorm(cfg.norm_eps, dt, pdt)
     if not cfg.tie_embeddings:
       self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,

@@ -42,6 +42,7 @@ class LlavaConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention: str = "xla"
+  scan_unroll: int = 1  # decoder layers per scan iteration (build() resolves the config's 0)
 
   @property
   def num_image_tokens(self) -> int:
@@ -77,7 +78,7 @@ class Llava(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.vision = vision_lib.VisionTower(cfg.vision, dt, pdt, cfg.remat)
     self.projector = projector_lib.Projector(cfg.projector, cfg.llm.dim, dt, pdt)
-    self.llm = llama.Decoder(cfg.llm, dt, pdt, cfg.remat, cfg.attention)
+    self.llm = llama.Decoder(cfg.llm, dt, pdt, cfg.remat, cfg.attention, cfg.scan_unroll)
 
   def encode_images(self, pixels_BxMxHxWx3):
     """Projected image features [B, M, N, D]."""
