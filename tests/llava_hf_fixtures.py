@@ -72,6 +72,20 @@ def save_llava_hf(model, directory: pathlib.Path, max_shard_size=None) -> pathli
   return directory
 
 
+def imported_llava(directory: pathlib.Path, seed: int = 0):
+  """A tiny random llava-hf model saved to `directory`/hf and imported to `directory`/ours.
+
+  Returns (the transformers model, `llava_jax.load` of the imported directory): the fixture of
+  the tests that compare our generation, chat and server against the same weights in torch.
+  """
+  import llava_jax  # pylint: disable=import-outside-toplevel
+  from llava_jax.convert import importer  # pylint: disable=import-outside-toplevel
+  hf_model = llava_model(seed=seed)
+  save_llava_hf(hf_model, directory / "hf")
+  importer.import_llava_hf(directory / "hf", directory / "ours")
+  return hf_model, llava_jax.load(directory / "ours")
+
+
 def rename_to_old_layout(directory: pathlib.Path):
   """Rewrites model.safetensors with the pre-transformers-5 vision names (vision_model.*)."""
   file = directory / "model.safetensors"

@@ -44,10 +44,7 @@ class LoadTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
-    cls.hf_model = fx.llava_model(seed=3)
-    fx.save_llava_hf(cls.hf_model, cls.tmp / "hf")
-    importer.import_llava_hf(cls.tmp / "hf", cls.tmp / "ours")
-    cls.model = llava_jax.load(cls.tmp / "ours")
+    cls.hf_model, cls.model = fx.imported_llava(cls.tmp, seed=3)
     rng = np.random.default_rng(0)
     cls.images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)),
                   rng.integers(0, 256, (64, 48, 3), dtype=np.uint8),

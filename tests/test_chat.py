@@ -12,9 +12,7 @@ import numpy as np
 from PIL import Image
 
 import llava_hf_fixtures as fx
-import llava_jax
 from llava_jax import chat
-from llava_jax.convert import importer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,10 +35,8 @@ class ChatTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
-    fx.save_llava_hf(fx.llava_model(seed=1), cls.tmp / "hf")
-    importer.import_llava_hf(cls.tmp / "hf", cls.tmp / "ours")
+    _, cls.model = fx.imported_llava(cls.tmp, seed=1)
     cls.ckpt = str(cls.tmp / "ours")
-    cls.model = llava_jax.load(cls.ckpt)
     cls.image_a = _write_png(cls.tmp / "a.png", 0)
     cls.image_b = _write_png(cls.tmp / "b.png", 1)
     (cls.tmp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")

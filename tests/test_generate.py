@@ -16,7 +16,6 @@ import llava_jax
 from llava_jax import generate
 from llava_jax import prompting
 from llava_jax import sharding
-from llava_jax.convert import importer
 from llava_jax.model import llama
 
 N = (fx.IMAGE_SIZE // fx.PATCH_SIZE) ** 2   # image tokens per image
@@ -47,10 +46,7 @@ class GenerateTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
-    cls.hf_model = fx.llava_model(seed=1)
-    fx.save_llava_hf(cls.hf_model, cls.tmp / "hf")
-    importer.import_llava_hf(cls.tmp / "hf", cls.tmp / "ours")
-    cls.model = llava_jax.load(cls.tmp / "ours")
+    cls.hf_model, cls.model = fx.imported_llava(cls.tmp, seed=1)
     rng = np.random.default_rng(0)
     cls.prompts = [_prompt(rng, 5, True), _prompt(rng, 17, True), _prompt(rng, 9, False)]
     cls.pixels = rng.normal(size=(3, 1, fx.IMAGE_SIZE, fx.IMAGE_SIZE, 3)).astype(np.float32)

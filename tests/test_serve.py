@@ -21,9 +21,7 @@ import openai
 from PIL import Image
 
 import llava_hf_fixtures as fx
-import llava_jax
 from llava_jax import serve
-from llava_jax.convert import importer
 
 QUESTION = "What is in the image?"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -70,9 +68,7 @@ class ServeTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
-    fx.save_llava_hf(fx.llava_model(seed=1), cls.tmp / "hf")
-    importer.import_llava_hf(cls.tmp / "hf", cls.tmp / "ours")
-    cls.model = llava_jax.load(cls.tmp / "ours")
+    _, cls.model = fx.imported_llava(cls.tmp, seed=1)
     cls.images = [_png(i) for i in range(4)]
     cls.image_path = cls.tmp / "image.png"
     cls.image_path.write_bytes(cls.images[0])

@@ -218,7 +218,7 @@ class Decoder(nn.Module):
     if cache is None:
       slots_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids_BxT.shape)
       mask_BxTxS = layers.attention_mask(segment_ids_BxT, segment_ids_BxT, slots_BxT, slots_BxT)
-      index, layer_caches, new_cache = None, None, None
+      index, new_cache = None, None
     else:
       index = cache["index"]
       cache_segments_BxS = jax.lax.dynamic_update_slice_in_dim(
