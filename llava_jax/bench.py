@@ -145,8 +145,8 @@ def setup_step(config, batch_keys, *, loss_chunk: int | None = None, total_steps
       grad_accum_steps=config.train.grad_accum_steps,
       loss_fn=functools.partial(loss_lib.model_loss, chunk_len=loss_chunk))
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in batch_keys}
-  jitted = jax.jit(step_fn, in_shardings=(factory.shardings, batch_shardings,
-                                          sharding.replicated(mesh)),
+  jitted = jax.jit(sharding.with_activation_rules(step_fn, mesh),
+                   in_shardings=(factory.shardings, batch_shardings, sharding.replicated(mesh)),
                    out_shardings=(factory.shardings, sharding.replicated(mesh)),
                    donate_argnums=0)
   return StepSetup(mesh, factory, jitted, trained_parts(factory.abstract.params, trainable))

@@ -4,9 +4,10 @@ Parameters carry logical axis names (`embed`, `mlp`, ...) from the model; this f
 which mesh axis (`data`, `fsdp`, `tensor`) each name maps to. Everything else asks here.
 """
 
+import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -104,6 +105,20 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     return NamedSharding(mesh, mesh_axes(names, rules))
   return jax.tree.map(leaf_sharding, boxed_tree,
                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def with_activation_rules(fn: Callable, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Callable:
+  """`fn`, traced with `mesh` and the rules table active.
+
+  The model marks its activations with `nn.with_logical_constraint` (batch over data x fsdp,
+  wide axes over tensor); those are no-ops unless a mesh and rules are set while tracing. Wrap
+  the function given to `jax.jit` with this so the constraints guide XLA's partitioner.
+  """
+  @functools.wraps(fn)
+  def traced_with_rules(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return fn(*args, **kwargs)
+  return traced_with_rules
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -82,10 +82,15 @@ class ShardedTrainingTest(absltest.TestCase):
     factory = state_lib.StateFactory(model, config.model, tx, config.optim.trainable, mesh)
     state = factory.state_from_params(factory.random_params(jax.random.key(0)))
     train_step = jax.jit(
-        functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                          trainable=factory.trainable),
+        sharding.with_activation_rules(functools.partial(
+            step_lib.train_step, model=model, tx=tx, schedule=schedule,
+            trainable=factory.trainable), mesh),
         in_shardings=(factory.shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
         out_shardings=(factory.shardings, sharding.replicated(mesh)), donate_argnums=0)
+    # The model's activation constraints are active (batch rows over data x fsdp).
+    lowered = train_step.lower(state, sharding.global_batch(batches[0], mesh), jax.random.key(1))
+    self.assertIn('sdy.sharding_constraint', lowered.as_text())
+    self.assertIn('[{"data", "fsdp"}, {}, {}]', lowered.as_text())
     losses = []
     for batch in batches:
       state, metrics = train_step(state, sharding.global_batch(batch, mesh), jax.random.key(1))

@@ -125,11 +125,11 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
     checkpoint.write_config(workdir, config)
 
   train_step = jax.jit(
-      functools.partial(step_lib.train_step, model=factory.model, tx=factory.tx,
-                        schedule=schedule, trainable=factory.trainable,
-                        grad_accum_steps=config.train.grad_accum_steps,
-                        loss_fn=functools.partial(loss_lib.model_loss,
-                                                  chunk_len=config.train.loss_chunk_len)),
+      sharding.with_activation_rules(functools.partial(
+          step_lib.train_step, model=factory.model, tx=factory.tx, schedule=schedule,
+          trainable=factory.trainable, grad_accum_steps=config.train.grad_accum_steps,
+          loss_fn=functools.partial(loss_lib.model_loss,
+                                    chunk_len=config.train.loss_chunk_len)), mesh),
       in_shardings=(factory.shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
       out_shardings=(factory.shardings, sharding.replicated(mesh)),
       donate_argnums=0)
