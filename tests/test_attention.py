@@ -1,4 +1,4 @@
-"""The XLA attention path against textbook softmax attention: outputs, gradients, masks, bf16."""
+"""Attention and rotary tables against their textbook formulas: outputs, gradients, masks, bf16."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -85,6 +85,22 @@ class AttentionTest(parameterized.TestCase):
       self.assertEqual(got.dtype, jnp.bfloat16)
       scale = float(jnp.max(jnp.abs(expected)))
       np.testing.assert_allclose(got.astype(jnp.float32), expected, atol=0.05 * scale)
+
+
+class RopeTest(absltest.TestCase):
+
+  def test_tables_match_the_direct_formula_and_refuse_positions_past_max_len(self):
+    head_dim, theta, scaling, max_len = 8, 500.0, 2.0, 64
+    positions = jnp.array([[0, 1, 5, 63], [7, 62, 64, 100]], jnp.int32)
+    cos, sin = layers.rope_tables(positions, head_dim, theta, scaling, max_len)
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
+    angles = np.asarray(positions, np.float64)[..., None] / scaling * inv_freq
+    angles = np.concatenate([angles, angles], axis=-1)
+    inside = np.asarray(positions) < max_len
+    np.testing.assert_allclose(np.asarray(cos)[inside], np.cos(angles)[inside], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sin)[inside], np.sin(angles)[inside], atol=1e-5)
+    self.assertTrue(np.isnan(np.asarray(cos)[~inside]).all())  # loud, not a clamped angle
+    self.assertTrue(np.isnan(np.asarray(sin)[~inside]).all())
 
 
 if __name__ == "__main__":

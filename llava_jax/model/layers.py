@@ -82,14 +82,21 @@ class RMSNorm(nn.Module):
     return scale * x.astype(self.dtype)
 
 
-def rope_tables(positions_BxT, head_dim: int, theta: float, scaling_factor: float):
-  """cos/sin tables float32[B, T, Dh] in HF's rotate-half layout (both halves share freqs)."""
+def rope_tables(positions_BxT, head_dim: int, theta: float, scaling_factor: float, max_len: int):
+  """cos/sin tables float32[B, T, Dh] in HF's rotate-half layout (both halves share freqs).
+
+  Computed for every position below `max_len` and gathered: XLA:CPU fuses a direct cos(p * f)
+  into each consumer and recomputes it per head and per layer. Positions outside the table
+  give NaN (loud), not a clamped angle.
+  """
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   # Linear scaling ("position interpolation") divides positions, as HF's "linear" rope type.
-  t_BxT = positions_BxT.astype(jnp.float32) / scaling_factor
-  freqs_BxTxF = jnp.einsum("bt,f->btf", t_BxT, inv_freq)
-  emb = jnp.concatenate([freqs_BxTxF, freqs_BxTxF], axis=-1)
-  return jnp.cos(emb), jnp.sin(emb)
+  t_P = jnp.arange(max_len, dtype=jnp.float32) / scaling_factor
+  freqs_PxF = jnp.einsum("p,f->pf", t_P, inv_freq)
+  emb_PxDh = jnp.concatenate([freqs_PxF, freqs_PxF], axis=-1)
+  def lookup(table_PxDh):
+    return jnp.take(table_PxDh, positions_BxT, axis=0, mode="fill", fill_value=jnp.nan)
+  return lookup(jnp.cos(emb_PxDh)), lookup(jnp.sin(emb_PxDh))
 
 
 def apply_rope(x_BxTxHxDh, cos_BxTxDh, sin_BxTxDh):

@@ -213,7 +213,7 @@ class Decoder(nn.Module):
     The cache is None (training / scoring) or a dict from `init_cache`.
     """
     cos, sin = layers.rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta,
-                                  self.cfg.rope_scaling_factor)
+                                  self.cfg.rope_scaling_factor, self.cfg.max_len)
     t = x_BxTxD.shape[1]
     if cache is None:
       slots_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids_BxT.shape)

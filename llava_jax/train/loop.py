@@ -48,6 +48,10 @@ def check_train_config(config: ml_collections.ConfigDict, mesh) -> None:
   if config.train.on_nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r}; "
                      "expected 'stop' or 'skip'")
+  if config.data.max_len > config.model.llm.max_len:
+    raise ValueError(f"config.data.max_len={config.data.max_len} exceeds the decoder's "
+                     f"context config.model.llm.max_len={config.model.llm.max_len} (positions "
+                     "past it have no rotary embedding)")
   # The global batch must split evenly into micro-batches, batch shards and processes.
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   need = shards * config.train.grad_accum_steps
