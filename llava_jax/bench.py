@@ -5,7 +5,9 @@ r"""Training-step benchmark: step time, throughput, TFLOP/s and MFU of the real 
   python -m llava_jax.bench --table bench_results/*.json     # one table from earlier runs
 
 Batches are synthetic (the Batch contract: BOS, the images' tokens, random text, then padding),
-made in numpy, so the benchmark needs neither Grain nor a dataset. The step is the training
+made in numpy, so the benchmark needs neither Grain nor a dataset; `--data=pipeline` instead
+reads real batches of `config.data` (packed with `--config.data.pack=true`) before timing, one
+per step, and counts the samples and real tokens they hold. The step is the training
 loop's own `train_step`, jitted with the state's shardings and donation as the loop does; the time
 is the median of `--steps` steps after `--warmup` ones, each blocked until ready. The loss is the
 loop's `train/loss.py:model_loss` (`config.train.loss_chunk_len`, or `--loss_chunk`); text-only
@@ -56,6 +58,9 @@ def _define_flags():
                     "torch step on the same batch (auto: on CPU only).")
   flags.DEFINE_integer("loss_chunk", None, "Overrides config.train.loss_chunk_len: 0 = "
                        "cross-entropy from full [B, T, V] logits; N > 0 = chunked.")
+  flags.DEFINE_enum("data", "synthetic", ["synthetic", "pipeline"], "synthetic: one "
+                    "generated batch; pipeline: real batches of config.data from the Grain "
+                    "pipeline (read before timing), so samples/s counts packed samples.")
   flags.DEFINE_string("name", None, "Row name in tables (default: preset and stage).")
   flags.DEFINE_string("out", None, "JSON result path (default bench_results/NAME.json).")
   flags.DEFINE_bool("table", False, "Print one table from the JSON results named as "
@@ -152,36 +157,71 @@ def setup_step(config, batch_keys, *, loss_chunk: int | None = None, total_steps
   return StepSetup(mesh, factory, jitted, trained_parts(factory.abstract.params, trainable))
 
 
+def pipeline_batches(config, count: int) -> list[dict[str, np.ndarray]]:
+  """`count` real batches of `config.data` (packed when `data.pack`), read before any timing."""
+  from llava_jax.data import pipeline  # Grain: only this mode needs it
+  iterator = pipeline.make_train_iterator(config.data, config.model,
+                                          global_batch_size=config.train.batch_size,
+                                          seed=config.seed)
+  try:
+    return [next(iterator) for _ in range(count)]
+  finally:
+    iterator.close()
+
+
+def samples_in(batch: dict[str, np.ndarray]) -> int:
+  """Samples in a batch: a row holds segments 1..k (k = 1 unpacked, 0 for an empty row)."""
+  return int(batch["segment_ids"].max(axis=1).sum())
+
+
 def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
               images_per_row: int | None = None, loss_chunk: int | None = None,
-              compare_torch: bool | None = None, name: str | None = None) -> dict:
-  """Builds state and step from `config`, times `steps` steps; returns the result dict."""
+              compare_torch: bool | None = None, name: str | None = None,
+              data: str = "synthetic") -> dict:
+  """Builds state and step from `config`, times `steps` steps; returns the result dict.
+
+  data="synthetic" repeats one generated batch; data="pipeline" runs each step on its own
+  real batch of `config.data` (throughput then counts the samples and real tokens it holds).
+  """
   model_cfg = config.model
-  images = config.data.max_images if images_per_row is None else images_per_row
   batch_size, seq_len = config.train.batch_size, config.data.max_len
   image_tokens = common.num_image_tokens(model_cfg)
   loss_chunk = config.train.loss_chunk_len if loss_chunk is None else loss_chunk
-  host_batch = synthetic_batch(model_cfg, batch_size=batch_size, seq_len=seq_len,
-                               images_per_row=images, fill=fill, seed=config.seed)
+  if data == "pipeline":
+    if images_per_row is not None or fill != 1.0:
+      raise ValueError("--images_per_row and --fill shape synthetic batches; with --data="
+                       "pipeline set config.data.max_images / the data instead")
+    host_batches = pipeline_batches(config, warmup + steps)
+    images = config.data.max_images
+  elif data == "synthetic":
+    images = config.data.max_images if images_per_row is None else images_per_row
+    host_batches = [synthetic_batch(model_cfg, batch_size=batch_size, seq_len=seq_len,
+                                    images_per_row=images, fill=fill, seed=config.seed)]
+  else:
+    raise ValueError(f"data={data!r}: expected 'synthetic' or 'pipeline'")
+  host_batch = host_batches[0]
   setup = setup_step(config, host_batch, loss_chunk=loss_chunk,
                      total_steps=max(steps + warmup, 1))
   mesh, factory, jitted, parts = setup.mesh, setup.factory, setup.jitted, setup.parts
-  batch = sharding.global_batch(host_batch, mesh)
+  batches = [sharding.global_batch(b, mesh) for b in host_batches]
   rng = jax.random.key(config.seed)
   state = factory.state_from_params(factory.random_params(rng))
 
   start = time.perf_counter()
-  compiled = jitted.lower(state, batch, rng).compile()
+  compiled = jitted.lower(state, batches[0], rng).compile()
   compile_time = time.perf_counter() - start
 
-  times, losses = [], []
+  times, losses, samples, nonpad = [], [], 0, 0
   for i in range(warmup + steps):
+    host, batch = (host_batches[i], batches[i]) if len(batches) > 1 else (host_batch, batches[0])
     start = time.perf_counter()
     state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - start)
       losses.append(float(metrics["loss"]))
+      samples += samples_in(host)
+      nonpad += int(host["segment_ids"].astype(bool).sum())
   step_time = statistics.median(times)
 
   devices = mesh.devices.size
@@ -202,16 +242,17 @@ def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
       llm_layers=model_cfg.llm.layers, trained=[p for p, t in parts.items() if t],
       batch_size=batch_size, seq_len=seq_len, images_per_row=images, steps=steps,
       compile_time_s=compile_time, step_time_s=step_time, step_times_s=times,
+      data=data, samples_per_step=samples / steps,
       tokens_per_s=batch_size * seq_len / step_time,
-      nonpad_tokens_per_s=int(host_batch["segment_ids"].astype(bool).sum()) / step_time,
-      samples_per_s=batch_size / step_time,
+      nonpad_tokens_per_s=nonpad / steps / step_time,
+      samples_per_s=samples / steps / step_time,
       flops_per_step=step_flops.as_dict(),
       tflops_per_s_per_device=achieved / 1e12,
       peak_tflops_per_device=peak / 1e12, peak_source=peak_source, mfu=achieved / peak,
       peak_memory_bytes=memory, memory_source=memory_source, losses=losses)
 
   if compare_torch is None:
-    compare_torch = device.platform == "cpu"
+    compare_torch = device.platform == "cpu" and data == "synthetic"
   if compare_torch:
     from llava_jax import bench_torch  # torch is a bench/test extra: import only when used
     reference = bench_torch.time_torch_train_step(
@@ -265,7 +306,8 @@ def format_result(r: dict) -> str:
       f"compile       {r['compile_time_s']:.2f} s",
       f"step          {1e3 * r['step_time_s']:.2f} ms (median of {r['steps']})",
       f"tokens/s      {r['tokens_per_s']:,.0f} (non-pad {r['nonpad_tokens_per_s']:,.0f})",
-      f"samples/s     {r['samples_per_s']:,.2f}",
+      f"samples/s     {r['samples_per_s']:,.2f} ({r.get('samples_per_step', r['batch_size']):.1f}"
+      f" per step, {r.get('data', 'synthetic')} batches)",
       f"TFLOP/s/dev   {r['tflops_per_s_per_device']:.4g} of {r['peak_tflops_per_device']:.4g} "
       f"({r['peak_source']} peak)",
       f"MFU           {100 * r['mfu']:.2f}%",
@@ -292,7 +334,7 @@ def main(argv):
   compare = {"auto": None, "yes": True, "no": False}[FLAGS.torch]
   result = benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, fill=FLAGS.fill,
                      images_per_row=FLAGS.images_per_row, loss_chunk=FLAGS.loss_chunk,
-                     compare_torch=compare, name=FLAGS.name)
+                     compare_torch=compare, name=FLAGS.name, data=FLAGS.data)
   out = FLAGS.out or os.path.join("bench_results", f"{result['name']}.json")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out, "w") as f:

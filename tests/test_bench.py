@@ -105,6 +105,24 @@ class BenchmarkTest(absltest.TestCase):
     self.assertIn("step ms", bench.format_result(self.result) + header)
 
 
+class PipelineBenchmarkTest(absltest.TestCase):
+  """--data=pipeline: real packed demo batches, one per step; samples/s counts packed samples."""
+
+  def test_packed_batches_count_every_sample(self):
+    config = finetune.get_config("demo")
+    config.train.batch_size = 8
+    config.data.update(max_len=256, max_images=4, pack=True, num_workers=0)
+    r = bench.benchmark(config, steps=2, warmup=1, data="pipeline")
+    self.assertEqual(r["data"], "pipeline")
+    self.assertGreater(r["samples_per_step"], 8)   # several samples share a row
+    self.assertAlmostEqual(r["samples_per_s"], r["samples_per_step"] / r["step_time_s"])
+    self.assertLessEqual(r["nonpad_tokens_per_s"], r["tokens_per_s"])
+    self.assertNotIn("torch", r)   # the torch reference runs on synthetic batches only
+    self.assertTrue(np.all(np.isfinite(r["losses"])))
+    with self.assertRaisesRegex(ValueError, "--fill"):
+      bench.benchmark(config, steps=1, fill=0.5, data="pipeline")
+
+
 class GpuScriptTest(absltest.TestCase):
   """launch/bench_gpu.sh: the H100 commands, and the whole script on tiny shapes on CPU."""
 
