@@ -65,7 +65,7 @@ def model_config(preset: str) -> ml_collections.ConfigDict:
   c.dtype = "float32"           # compute dtype; "bfloat16" on accelerators
   c.param_dtype = "float32"     # master weights
   c.remat = "none"              # "none" | "dots" | "full"
-  c.attention = "xla"           # "xla" (reference) | "cudnn" | ...
+  c.attention = "xla"           # "xla" (reference) | "cudnn" (GPU) | "splash" (TPU)
   c.scan_unroll = 0             # decoder layers per loop iteration; 0 = all on CPU, 1 elsewhere
   return c
 

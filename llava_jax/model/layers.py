@@ -137,7 +137,7 @@ def dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, implem
                                         implementation="cudnn")
   if implementation != "xla":
     raise ValueError(f"model.attention: unknown implementation {implementation!r} "
-                     "(expected 'xla' or 'cudnn')")
+                     "(expected 'xla', 'cudnn' or 'splash')")
   b, t, h, dh = q_BxTxHxDh.shape
   kv = k_BxSxKxDh.shape[2]
   q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, h // kv, dh)

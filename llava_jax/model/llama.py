@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from llava_jax.model import layers
+from llava_jax.model import splash
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,8 @@ class Attention(nn.Module):
   implementation: str
 
   @nn.compact
-  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, cache_index, layer_cache):
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, segment_ids_BxT, cache_index,
+               layer_cache):
     cfg = self.cfg
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     q = layers.dense((cfg.heads, cfg.head_dim), ("embed", "heads", "head_dim"), name="q",
@@ -83,7 +85,9 @@ class Attention(nn.Module):
     k_BxTxKxDh = layers.apply_rope(k, cos_BxTxDh, sin_BxTxDh)
     q_BxTxHxDh = nn.with_logical_constraint(q_BxTxHxDh, ("batch", "length", "act_heads", None))
     new_cache = None
-    if layer_cache is None:
+    if layer_cache is None and self.implementation == "splash":
+      o_BxTxHxDh = splash.causal_attention(q_BxTxHxDh, k_BxTxKxDh, v, segment_ids_BxT)
+    elif layer_cache is None:
       o_BxTxHxDh = layers.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v, mask_BxTxS,
                                                 self.implementation)
     else:
@@ -96,7 +100,7 @@ class Attention(nn.Module):
       k_BxKxSxDh = write(layer_cache["k"], k_BxTxKxDh)
       v_BxKxSxDh = write(layer_cache["v"], v)
       new_cache = dict(k=k_BxKxSxDh, v=v_BxKxSxDh)
-      if self.implementation == "xla" or x_BxTxD.shape[1] == 1:
+      if self.implementation in ("xla", "splash") or x_BxTxD.shape[1] == 1:
         o_BxTxHxDh = layers.cached_attention(q_BxTxHxDh, k_BxKxSxDh.astype(self.dtype),
                                              v_BxKxSxDh.astype(self.dtype), mask_BxTxS)
       else:  # cuDNN wants [B, S, K, Dh]: worth the transpose for a prefill, not a decode step.
@@ -131,11 +135,12 @@ class DecoderBlock(nn.Module):
   implementation: str
 
   @nn.compact
-  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, cache_index, layer_cache):
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, segment_ids_BxT, cache_index,
+               layer_cache):
     cfg, dt, pdt = self.cfg, self.dtype, self.param_dtype
     h = layers.RMSNorm(cfg.norm_eps, dt, pdt, name="attn_norm")(x_BxTxD)
     h, new_cache = Attention(cfg, dt, pdt, self.implementation, name="attn")(
-        h, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, cache_index, layer_cache)
+        h, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, segment_ids_BxT, cache_index, layer_cache)
     x_BxTxD = x_BxTxD + h
     h = layers.RMSNorm(cfg.norm_eps, dt, pdt, name="mlp_norm")(x_BxTxD)
     x_BxTxD = x_BxTxD + Mlp(cfg, dt, pdt, name="mlp")(h)
@@ -165,7 +170,7 @@ class Decoder(nn.Module):
                        "(layers per loop iteration; 0 in the config picks one)")
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.layers,
+        in_axes=(nn.broadcast,) * 5 + (0,), length=cfg.layers,
         unroll=self.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
             cfg, dt, pdt, self.attention)
     self.final_norm = layers.RMSNorm(cfg.norm_eps, dt, pdt)
@@ -189,7 +194,7 @@ class Decoder(nn.Module):
     new_k, new_v = [], []
     for l, layer_params in enumerate(layer_trees):
       x_BxTxD, layer_cache = block.apply(
-          {"params": layer_params}, x_BxTxD, cos, sin, mask_BxTxS, index,
+          {"params": layer_params}, x_BxTxD, cos, sin, mask_BxTxS, None, index,
           dict(k=k_cache[l], v=v_cache[l]))
       new_k.append(layer_cache["k"])
       new_v.append(layer_cache["v"])
@@ -230,7 +235,7 @@ class Decoder(nn.Module):
                                          k_slots_BxS)
       new_cache = dict(segment_ids=cache_segments_BxS, index=index + t)
     if cache is None:
-      x_BxTxD, _ = self.layers(x_BxTxD, cos, sin, mask_BxTxS, None, None)
+      x_BxTxD, _ = self.layers(x_BxTxD, cos, sin, mask_BxTxS, segment_ids_BxT, None, None)
     else:
       x_BxTxD, new_k, new_v = self._cached_layers(x_BxTxD, cos, sin, mask_BxTxS, index,
                                                   cache["k"], cache["v"])
