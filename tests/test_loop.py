@@ -176,6 +176,9 @@ class ConfigCheckTest(absltest.TestCase):
     config.data.max_len = config.model.llm.max_len + 1
     with self.assertRaisesRegex(ValueError, "data.max_len=.* exceeds .*llm.max_len"):
       loop.check_train_config(config, mesh)
+    config.data.max_len, config.model.attention = 200, "splash"
+    with self.assertRaisesRegex(ValueError, "splash.*multiple of 128"):
+      loop.check_train_config(config, mesh)
 
   def test_epochs_become_steps_unless_steps_are_given(self):
     config = train_fixtures.tiny_config(steps=0, epochs=3, batch_size=8)

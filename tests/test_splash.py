@@ -74,6 +74,13 @@ class SplashTest(absltest.TestCase):
     want = self.loss(model_lib.build(tiny_cfg("xla")), self.params)
     np.testing.assert_allclose(loss(placed), want, rtol=1e-5)
 
+  def test_lengths_that_do_not_tile_take_the_reference_path(self):
+    ids, seg, pos = (x[:, :100] for x in (self.ids, self.seg, self.pos))
+    pixels = self.pixels
+    logits = {a: model_lib.build(tiny_cfg(a)).apply(self.params, ids, pixels, seg, pos)
+              for a in ("xla", "splash")}
+    np.testing.assert_array_equal(logits["splash"], logits["xla"])
+
   def test_sequence_lengths_must_tile(self):
     self.assertEqual(splash.block_size(2048), 512)
     self.assertEqual(splash.block_size(384), 128)

@@ -1,4 +1,4 @@
-"""Causal self-attention through the Pallas TPU splash-attention kernel (`model.attention="splash"`).
+"""Causal self-attention through the Pallas TPU splash-attention kernel (model.attention=splash).
 
 The kernel never materializes the [T, S] scores (blocked online softmax, forward and backward),
 skips fully masked blocks of the causal mask, and keeps packed samples apart with segment ids.
@@ -17,6 +17,11 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.sharding import PartitionSpec
 
 BLOCK_CHOICES = (512, 256, 128)
+
+
+def tiles(length: int) -> bool:
+  """Whether a sequence of `length` tokens tiles into the kernel's blocks."""
+  return any(length % block == 0 for block in BLOCK_CHOICES)
 
 
 def block_size(length: int) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 from llava_jax import checkpoint
 from llava_jax import model as model_lib
 from llava_jax import sharding
+from llava_jax.model import splash
 from llava_jax.train import init as init_lib
 from llava_jax.train import loss as loss_lib
 from llava_jax.train import metrics as metrics_lib
@@ -52,6 +53,9 @@ def check_train_config(config: ml_collections.ConfigDict, mesh) -> None:
     raise ValueError(f"config.data.max_len={config.data.max_len} exceeds the decoder's "
                      f"context config.model.llm.max_len={config.model.llm.max_len} (positions "
                      "past it have no rotary embedding)")
+  if config.model.attention == "splash" and not splash.tiles(config.data.max_len):
+    raise ValueError(f"config.model.attention='splash' needs config.data.max_len (now "
+                     f"{config.data.max_len}) to be a multiple of 128")
   # The global batch must split evenly into micro-batches, batch shards and processes.
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   need = shards * config.train.grad_accum_steps
