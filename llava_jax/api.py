@@ -26,6 +26,7 @@ from configs import common
 from llava_jax import chat_api
 from llava_jax import model as model_lib
 from llava_jax import sharding
+from llava_jax.model import llama
 from llava_jax.convert import model_dir
 from llava_jax.convert import sources
 from llava_jax.data import image as image_lib
@@ -38,7 +39,9 @@ class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
   Fields are plain so that other tools (generation, chat, serving) can build on them.
   """
   module: model_lib.Llava
-  params: Any                      # the canonical tree, without the {'params': ...} wrapper
+  # The parameter tree without the {'params': ...} wrapper; the decoder's layers are split per
+  # layer (llama.split_layer_params: the decode loop reads them in place, one copy in memory).
+  params: Any
   model_cfg: ml_collections.ConfigDict
   tokenizer: Any                   # transformers tokenizer, or None if the checkpoint had none
   image_size: int
@@ -141,6 +144,31 @@ def _abstract_params(module: model_lib.Llava, model_cfg, mesh):
                       abstract, shardings)
 
 
+def _split_decoder_layers(params, target, num_layers: int):
+  """Params on their devices with the decoder's layers split per layer.
+
+  Host arrays are split before placement (the device never holds the stacked copy); arrays
+  already on devices are split there, briefly holding both before the stacked ones are freed.
+  """
+  def per_layer(stacked_sharding):  # layer l of an [L, ...] array: drop the (unsharded) L axis
+    if isinstance(stacked_sharding, jax.sharding.NamedSharding):
+      return jax.sharding.NamedSharding(stacked_sharding.mesh,
+                                        jax.sharding.PartitionSpec(*stacked_sharding.spec[1:]))
+    return stacked_sharding
+
+  shardings = jax.tree.map(lambda t: t.sharding, target)
+  layer_shardings = jax.tree.map(per_layer, shardings["llm"]["layers"])
+  shardings = dict(shardings, llm=dict(shardings["llm"], layers=(layer_shardings,) * num_layers))
+
+  def split(tree):
+    return dict(tree, llm=dict(tree["llm"], layers=llama.split_layer_params(
+        tree["llm"]["layers"], num_layers)))
+
+  if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
+    return jax.jit(split, out_shardings=shardings)(params)
+  return jax.device_put(split(params), shardings)
+
+
 def load(path: str | pathlib.Path, *, dtype: str | None = None, mesh=None,
          image_aspect: str | None = None) -> LlavaModel:
   """Loads a model directory, a training workdir (latest step) or a llava-hf directory.
@@ -160,9 +188,7 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, mesh=None,
   module = model_lib.build(model_cfg)
   target = _abstract_params(module, model_cfg, mesh)
   checkpoint = sources.read_checkpoint(path, target=target, dtype=model_cfg.param_dtype)
-  params = checkpoint.params
-  if not all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
-    params = jax.device_put(params, jax.tree.map(lambda t: t.sharding, target))
+  params = _split_decoder_layers(checkpoint.params, target, model_cfg.llm.layers)
   tokenizer = None
   if checkpoint.tokenizer_dir is not None:
     import transformers  # pylint: disable=g-import-not-at-top  # slow import, only when needed

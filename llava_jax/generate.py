@@ -199,9 +199,11 @@ class Generator:
     """
     n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = self._prepare(
         prompts, pixels, params, max_new_tokens)
-    # Split once per request, not once per chunk: a split copies every decoder weight (the
-    # copy lives until the request ends).
-    weights = self._split_layers(self.params)
+    # Split once per request, not once per chunk, unless the params already are (llava_jax.load
+    # keeps them split): a split copies every decoder weight until the request ends.
+    weights = self.params
+    if not isinstance(weights["llm"]["layers"], tuple):
+      weights = self._split_layers(weights)
     state = self._start(weights, *self._place(ids_BxT, pixels, lengths_B, max_new_B),
                         sample_kw, max_new=shapes.max_new)
     cancel_B = np.zeros(shapes.batch, bool)

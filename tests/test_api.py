@@ -1,5 +1,6 @@
 """llava_jax.load / preprocess / logits against transformers' LlavaForConditionalGeneration."""
 
+import gc
 import pathlib
 import tempfile
 
@@ -79,11 +80,23 @@ class LoadTest(parameterized.TestCase):
     np.testing.assert_array_equal(direct.logits(ids, pixels), self.model.logits(ids, pixels))
     self.assertEqual(direct.tokenizer.convert_tokens_to_ids("<image>"), fx.IMAGE_TOKEN_ID)
 
+  def test_load_keeps_one_copy_of_the_decoder_weights(self):
+    gc.collect()
+    before = {id(a) for a in jax.live_arrays()}
+    loaded = llava_jax.load(self.tmp / "ours")
+    gc.collect()
+    new = [a for a in jax.live_arrays() if id(a) not in before]
+    layers = loaded.params["llm"]["layers"]
+    stacked_shapes = {(len(layers), *x.shape) for x in jax.tree.leaves(layers[0])}
+    self.assertEqual([a.shape for a in new if a.shape in stacked_shapes], [])
+    self.assertLen(new, len(jax.tree.leaves(loaded.params)))   # nothing else stays alive
+
   def test_sharded_load_matches(self):
     mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
     sharded = llava_jax.load(self.tmp / "ours", mesh=mesh)
-    kernel = sharded.params["llm"]["layers"]["mlp"]["up"]["kernel"]
-    self.assertEqual(tuple(kernel.sharding.spec), (None, "fsdp", "tensor"))
+    layers = sharded.params["llm"]["layers"]   # split per layer for generation (one copy)
+    self.assertLen(layers, 2)
+    self.assertEqual(tuple(layers[1]["mlp"]["up"]["kernel"].sharding.spec), ("fsdp", "tensor"))
     pixels = self.model.preprocess(self.images[1:2])
     ids = self.input_ids[1:2]
     np.testing.assert_allclose(sharded.logits(ids, pixels), self.model.logits(ids, pixels),

@@ -118,9 +118,14 @@ class GenerateTest(absltest.TestCase):
     """The compiled decode loop neither slices the stacked [L, ...] weights (a copy of every
     weight per step) nor copies / transposes a KV-cache buffer: it only updates it in place."""
     gen = self.model.generator
+    layers = gen.params["llm"]["layers"]   # llava_jax.load keeps them split per layer ...
+    self.assertIsInstance(layers, tuple)
+    # ... but a Generator may be given the training layout: stacked [L, ...] arrays.
+    stacked_params = dict(gen.params, llm=dict(gen.params["llm"], layers=jax.tree.map(
+        lambda *xs: jnp.stack(xs), *layers)))
     _, shapes, ids, pixels, lengths, max_new, kw = gen._prepare(self.prompts, self.pixels, None, 8)
-    state = gen._start(gen.params, ids, pixels, lengths, max_new, kw, max_new=shapes.max_new)
-    hlo = gen._continue.lower(gen.params, state, np.int32(8), np.zeros(shapes.batch, bool),
+    state = gen._start(stacked_params, ids, pixels, lengths, max_new, kw, max_new=shapes.max_new)
+    hlo = gen._continue.lower(stacked_params, state, np.int32(8), np.zeros(shapes.batch, bool),
                               kw).compile().as_text()
     cache = state["cache"]["k"][0]
     self.assertEqual(cache.dtype, np.float32)
@@ -130,7 +135,7 @@ class GenerateTest(absltest.TestCase):
     self.assertNotEmpty(loops, f"no while loop carrying {cache_type}")
     body_name = re.search(r"body=%([\w.-]+)", loops[0]).group(1)
     body = comps[body_name]
-    stacked = [x for x in jax.tree.leaves(gen.params["llm"]["layers"]) if x.ndim >= 3]
+    stacked = [x for x in jax.tree.leaves(stacked_params["llm"]["layers"]) if x.ndim >= 3]
     self.assertNotEmpty(stacked)
     body_text = "\n".join(body)
     for x in stacked:

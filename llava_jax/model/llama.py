@@ -58,7 +58,9 @@ def split_layer_params(stacked_layers: dict, num_layers: int) -> tuple:
   Why: slicing layer l out of the stacked arrays inside a decode loop copies every weight on
   every step (read + write, then read again by the matmul: ~3x the weight traffic of a
   memory-bound step). Split once before the loop, the loop body reads each weight once.
-  Put the tuple at params['llm']['layers'] in place of the stacked tree (cached calls only).
+  Put the tuple at params['llm']['layers'] in place of the stacked tree: every call takes it
+  (without a cache the layers then run as an unrolled loop too); `llava_jax.load` keeps its
+  parameters this way so that generation holds one copy of the weights.
   """
   return tuple(jax.tree.map(lambda p, l=l: p[l], stacked_layers) for l in range(num_layers))
 
@@ -181,13 +183,21 @@ class Decoder(nn.Module):
       self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,
                                   param_dtype=pdt)
 
-  def _cached_layers(self, x_BxTxD, cos, sin, mask_BxTxS, index, k_cache, v_cache):
-    """The scanned blocks as an unrolled loop, each layer reading/writing its own cache arrays.
+  def _has_split_layers(self) -> bool:
+    """True when the caller passed the layers as `split_layer_params`' tuple (inference)."""
+    if self.is_initializing():
+      return False
+    return isinstance(nn.meta.unbox(self.variables["params"]["layers"]), (tuple, list))
+
+  def _layer_loop(self, x_BxTxD, cos, sin, mask_BxTxS, segment_ids_BxT, index,
+                  k_cache=None, v_cache=None):
+    """The scanned blocks as an unrolled loop, each layer reading/writing its own cache arrays
+    (when a cache is given).
 
     Takes the stacked parameters of `self.layers` (a static index picks layer l's slice) or,
     better inside a decode loop, the tuple from `split_layer_params` made once before it.
     """
-    if len(k_cache) != self.cfg.layers:
+    if k_cache is not None and len(k_cache) != self.cfg.layers:
       raise ValueError(f"llama.Decoder: the KV cache has {len(k_cache)} layers, the model "
                        f"{self.cfg.layers} (make it with init_cache)")
     layer_trees = nn.meta.unbox(self.variables["params"]["layers"])
@@ -196,11 +206,13 @@ class Decoder(nn.Module):
     block = DecoderBlock(self.cfg, self.dtype, self.param_dtype, self.attention, parent=None)
     new_k, new_v = [], []
     for l, layer_params in enumerate(layer_trees):
+      layer_cache = None if k_cache is None else dict(k=k_cache[l], v=v_cache[l])
       x_BxTxD, layer_cache = block.apply(
-          {"params": layer_params}, x_BxTxD, cos, sin, mask_BxTxS, None, index,
-          dict(k=k_cache[l], v=v_cache[l]))
-      new_k.append(layer_cache["k"])
-      new_v.append(layer_cache["v"])
+          {"params": layer_params}, x_BxTxD, cos, sin, mask_BxTxS, segment_ids_BxT, index,
+          layer_cache)
+      if layer_cache is not None:
+        new_k.append(layer_cache["k"])
+        new_v.append(layer_cache["v"])
     return x_BxTxD, tuple(new_k), tuple(new_v)
 
   def embed_tokens(self, ids_BxT):
@@ -237,11 +249,13 @@ class Decoder(nn.Module):
       mask_BxTxS = layers.attention_mask(segment_ids_BxT, cache_segments_BxS, q_slots_BxT,
                                          k_slots_BxS)
       new_cache = dict(segment_ids=cache_segments_BxS, index=index + t)
-    if cache is None:
+    if cache is None and self._has_split_layers():
+      x_BxTxD, _, _ = self._layer_loop(x_BxTxD, cos, sin, mask_BxTxS, segment_ids_BxT, None)
+    elif cache is None:
       x_BxTxD, _ = self.layers(x_BxTxD, cos, sin, mask_BxTxS, segment_ids_BxT, None, None)
     else:
-      x_BxTxD, new_k, new_v = self._cached_layers(x_BxTxD, cos, sin, mask_BxTxS, index,
-                                                  cache["k"], cache["v"])
+      x_BxTxD, new_k, new_v = self._layer_loop(x_BxTxD, cos, sin, mask_BxTxS, None, index,
+                                               cache["k"], cache["v"])
       new_cache.update(k=new_k, v=new_v)
     h_BxTxD = self.final_norm(x_BxTxD)
     out = h_BxTxD if return_hidden else self.logits(h_BxTxD)
