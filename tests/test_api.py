@@ -82,7 +82,8 @@ class LoadTest(parameterized.TestCase):
 
   def test_load_keeps_one_copy_of_the_decoder_weights(self):
     gc.collect()
-    before = {id(a) for a in jax.live_arrays()}
+    alive = jax.live_arrays()   # held, so no id below is reused by a new array
+    before = {id(a) for a in alive}
     loaded = llava_jax.load(self.tmp / "ours")
     gc.collect()
     new = [a for a in jax.live_arrays() if id(a) not in before]
