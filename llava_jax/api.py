@@ -160,10 +160,7 @@ def _split_decoder_layers(params, target, num_layers: int):
   layer_shardings = jax.tree.map(per_layer, shardings["llm"]["layers"])
   shardings = dict(shardings, llm=dict(shardings["llm"], layers=(layer_shardings,) * num_layers))
 
-  def split(tree):
-    return dict(tree, llm=dict(tree["llm"], layers=llama.split_layer_params(
-        tree["llm"]["layers"], num_layers)))
-
+  split = functools.partial(llama.split_decoder_params, num_layers=num_layers)
   if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
     return jax.jit(split, out_shardings=shardings)(params)
   return jax.device_put(split(params), shardings)

@@ -18,7 +18,6 @@ printed. Results are written as JSON (`--out`).
 """
 
 import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -34,9 +33,7 @@ from ml_collections import config_flags
 
 from configs import common
 from llava_jax import flops as flops_lib
-from llava_jax import model as model_lib
 from llava_jax import sharding
-from llava_jax.train import loss as loss_lib
 from llava_jax.train import optimizer
 from llava_jax.train import state as state_lib
 from llava_jax.train import step as step_lib
@@ -131,30 +128,18 @@ class StepSetup:
   parts: dict[str, bool]   # which of vision / projector / llm train
 
 
-def setup_step(config, batch_keys, *, loss_chunk: int | None = None, total_steps: int = 1,
+def setup_step(config, *, loss_chunk: int | None = None, total_steps: int = 1,
                devices=None) -> StepSetup:
   """Model, optimizer, state factory and the jitted step, sharded and donated as in the loop.
 
   The mesh is `config.mesh` over `devices` (default: all); `loss_chunk` overrides
   `config.train.loss_chunk_len`.
   """
-  if loss_chunk is None:
-    loss_chunk = config.train.loss_chunk_len
   mesh = sharding.make_mesh(config.mesh, devices)
-  model = model_lib.build(config.model)
-  tx, schedule = optimizer.make_optimizer(config.optim, total_steps=total_steps)
-  trainable = tuple(config.optim.trainable)
-  factory = state_lib.StateFactory(model, config.model, tx, trainable, mesh)
-  step_fn = functools.partial(
-      step_lib.train_step, model=model, tx=tx, schedule=schedule, trainable=trainable,
-      grad_accum_steps=config.train.grad_accum_steps,
-      loss_fn=functools.partial(loss_lib.model_loss, chunk_len=loss_chunk))
-  batch_shardings = {k: sharding.batch_sharding(mesh) for k in batch_keys}
-  jitted = jax.jit(sharding.with_activation_rules(step_fn, mesh),
-                   in_shardings=(factory.shardings, batch_shardings, sharding.replicated(mesh)),
-                   out_shardings=(factory.shardings, sharding.replicated(mesh)),
-                   donate_argnums=0)
-  return StepSetup(mesh, factory, jitted, trained_parts(factory.abstract.params, trainable))
+  factory, schedule = state_lib.make_factory(config, mesh, total_steps)
+  jitted = step_lib.jit_train_step(config, factory, schedule, mesh, loss_chunk)
+  return StepSetup(mesh, factory, jitted, trained_parts(factory.abstract.params,
+                                                        factory.trainable))
 
 
 def pipeline_batches(config, count: int) -> list[dict[str, np.ndarray]]:
@@ -200,7 +185,7 @@ def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
   else:
     raise ValueError(f"data={data!r}: expected 'synthetic' or 'pipeline'")
   host_batch = host_batches[0]
-  setup = setup_step(config, host_batch, loss_chunk=loss_chunk,
+  setup = setup_step(config, loss_chunk=loss_chunk,
                      total_steps=max(steps + warmup, 1))
   mesh, factory, jitted, parts = setup.mesh, setup.factory, setup.jitted, setup.parts
   batches = [sharding.global_batch(b, mesh) for b in host_batches]
@@ -213,7 +198,7 @@ def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
 
   times, losses, samples, nonpad = [], [], 0, 0
   for i in range(warmup + steps):
-    host, batch = (host_batches[i], batches[i]) if len(batches) > 1 else (host_batch, batches[0])
+    host, batch = host_batches[i % len(batches)], batches[i % len(batches)]
     start = time.perf_counter()
     state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))

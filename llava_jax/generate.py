@@ -102,11 +102,7 @@ class Generator:
   def _split_layers_impl(self, params):
     """params with the decoder's stacked layer weights as a tuple of per-layer trees (see
     llama.split_layer_params: the decode loop then reads each weight once per step)."""
-    llm = params["llm"]
-    if isinstance(llm["layers"], tuple):
-      return params
-    return dict(params, llm=dict(llm, layers=llama.split_layer_params(
-        llm["layers"], self.model.cfg.llm.layers)))
+    return llama.split_decoder_params(params, self.model.cfg.llm.layers)
 
   def _continue_impl(self, params, state, end_step, cancel_B, sample_kw):
     """Decodes until every row is done or `end_step` new tokens exist."""

@@ -89,7 +89,7 @@ class XlaCountTest(absltest.TestCase):
     config = finetune.get_config("demo")
     config.model.llm.layers = 1
     batch = bench.synthetic_batch(config.model, batch_size=4, seq_len=128, images_per_row=0)
-    setup = bench.setup_step(config, batch, devices=jax.devices()[:1])
+    setup = bench.setup_step(config, devices=jax.devices()[:1])
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     compiled = setup.jitted.lower(setup.factory.abstract, abstract_batch,
                                   jax.random.key(0)).compile()

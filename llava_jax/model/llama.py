@@ -65,6 +65,14 @@ def split_layer_params(stacked_layers: dict, num_layers: int) -> tuple:
   return tuple(jax.tree.map(lambda p, l=l: p[l], stacked_layers) for l in range(num_layers))
 
 
+def split_decoder_params(params: dict, num_layers: int) -> dict:
+  """The LLaVA parameter tree with params['llm']['layers'] split; a no-op when it already is."""
+  llm = params["llm"]
+  if isinstance(llm["layers"], tuple):
+    return params
+  return dict(params, llm=dict(llm, layers=split_layer_params(llm["layers"], num_layers)))
+
+
 class Attention(nn.Module):
   """Causal GQA self-attention with RoPE; optionally reads/writes one layer's KV cache."""
   cfg: DecoderConfig

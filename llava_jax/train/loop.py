@@ -7,7 +7,6 @@ step and data-iterator position).
 """
 
 import dataclasses
-import functools
 import pathlib
 import signal
 import threading
@@ -18,15 +17,12 @@ import ml_collections
 import numpy as np
 
 from llava_jax import checkpoint
-from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.model import splash
 from llava_jax.train import init as init_lib
-from llava_jax.train import loss as loss_lib
 from llava_jax.train import metrics as metrics_lib
-from llava_jax.train import optimizer
 from llava_jax.train import step as step_lib
-from llava_jax.train.state import StateFactory, TrainState
+from llava_jax.train.state import TrainState, make_factory
 
 
 @dataclasses.dataclass
@@ -77,13 +73,6 @@ def make_data(config: ml_collections.ConfigDict) -> Data:
   return Data(iterator=iterator, num_records=len(pipeline.make_source(config.data)))
 
 
-def make_factory(config: ml_collections.ConfigDict, mesh, num_steps: int):
-  """(StateFactory for model + optimizer on `mesh`, the learning-rate schedule)."""
-  tx, schedule = optimizer.make_optimizer(config.optim, num_steps)
-  model = model_lib.build(config.model)
-  return StateFactory(model, config.model, tx, config.optim.trainable, mesh), schedule
-
-
 class _Sigterm:
   """Records SIGTERM (preemption) so the loop can save and exit cleanly at a step boundary."""
 
@@ -132,15 +121,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
 
-  train_step = jax.jit(
-      sharding.with_activation_rules(functools.partial(
-          step_lib.train_step, model=factory.model, tx=factory.tx, schedule=schedule,
-          trainable=factory.trainable, grad_accum_steps=config.train.grad_accum_steps,
-          loss_fn=functools.partial(loss_lib.model_loss,
-                                    chunk_len=config.train.loss_chunk_len)), mesh),
-      in_shardings=(factory.shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-      out_shardings=(factory.shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+  train_step = step_lib.jit_train_step(config, factory, schedule, mesh)
 
   reporter = metrics_lib.Reporter(workdir, start, num_steps, config.train.log_every_steps)
   reporter.write(f"steps {start} -> {num_steps}, mesh {dict(mesh.shape)}, "

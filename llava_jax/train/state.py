@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh
 
 from configs import common
+from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.train import optimizer
 
@@ -106,3 +107,10 @@ def place_params(params, abstract_params):
     x = x.astype(w.dtype) if isinstance(x, jax.Array) else np.asarray(x, w.dtype)
     return jax.device_put(x, w.sharding)
   return jax.tree.map(put, params, abstract_params)
+
+
+def make_factory(config: ml_collections.ConfigDict, mesh, num_steps: int):
+  """(StateFactory for model + optimizer on `mesh`, the learning-rate schedule)."""
+  tx, schedule = optimizer.make_optimizer(config.optim, num_steps)
+  model = model_lib.build(config.model)
+  return StateFactory(model, config.model, tx, config.optim.trainable, mesh), schedule

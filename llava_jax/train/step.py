@@ -7,6 +7,7 @@ supervised tokens in the whole global batch, so it (and its gradient) is the sam
 batch is split into micro-batches or sharded over devices.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llava_jax import sharding
 from llava_jax.train import loss as loss_lib
 from llava_jax.train import optimizer
-from llava_jax.train.state import TrainState
+from llava_jax.train.state import StateFactory, TrainState
 
 Batch = dict[str, jax.Array]
 # (model, params, batch, rng) -> (sum of token losses, number of supervised tokens); e.g.
@@ -98,3 +100,21 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Mod
       "finite": finite,
   }
   return new_state, metrics
+
+
+def jit_train_step(config, factory: StateFactory, schedule, mesh,
+                   loss_chunk_len: int | None = None):
+  """The loop's jitted train step (the benchmark times this one): state sharded by its logical
+  axes and donated, the batch split over data×fsdp, the model's activation constraints active.
+  `loss_chunk_len` overrides `config.train.loss_chunk_len`."""
+  if loss_chunk_len is None:
+    loss_chunk_len = config.train.loss_chunk_len
+  step_fn = functools.partial(
+      train_step, model=factory.model, tx=factory.tx, schedule=schedule,
+      trainable=factory.trainable, grad_accum_steps=config.train.grad_accum_steps,
+      loss_fn=functools.partial(loss_lib.model_loss, chunk_len=loss_chunk_len))
+  return jax.jit(
+      sharding.with_activation_rules(step_fn, mesh),
+      in_shardings=(factory.shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+      out_shardings=(factory.shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
