@@ -104,6 +104,7 @@ def run_split(tsv: str, runner: answer_file.Runner, bench: str, lang: str) -> di
   rows = read_tsv(tsv)
   split = os.path.splitext(os.path.basename(tsv))[0]
   image_dir = runner.path(bench, f"{split}_images")
+  os.makedirs(image_dir, exist_ok=True)
   questions = []
   for row in rows:
     image = os.path.join(image_dir, f"{row['index']}.png")

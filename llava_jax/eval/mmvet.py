@@ -86,8 +86,11 @@ def grade_all(items: list[tuple[str, str, str, str]], judge: client_lib.ChatClie
   grades, ungraded = {}, 0
   todo = [it for it in items if (it[0], it[3]) not in done]
   for key, _, _, answer in items:
-    if (key, answer) in done and done[(key, answer)] is not None:
-      grades[key] = done[(key, answer)]
+    if (key, answer) in done:
+      if done[(key, answer)] is None:
+        ungraded += 1   # The judge's reply had no grade; kept, not asked again.
+      else:
+        grades[key] = done[(key, answer)]
   try:
     for item, text, error in client_lib.map_concurrently(grade, todo, concurrency):
       if error is not None:
