@@ -78,7 +78,7 @@ def grade_all(items: list[tuple[str, str, str, str]], judge: client_lib.ChatClie
   done = {(r["id"], r["answer"]): r["grade"] for r in cache.records}
 
   def grade(item):
-    key, question, reference, answer = item
+    _, question, reference, answer = item
     return judge.complete([{"role": "user", "content": judge_prompt(question, reference,
                                                                     answer)}],
                           temperature=0.0, max_tokens=8)
