@@ -98,6 +98,8 @@ class BenchmarksTest(absltest.TestCase):
     self.assertEqual(vqa.textvqa_question("What?\nReference OCR token: a, b\nAnswer it."),
                      "what?")
     self.assertEqual(vqa.textvqa_question("Reference OCR token: a\nWhat?\nAnswer it."), "what?")
+    self.assertEqual(vqa.textvqa_question("OCR tokens: a, b Question: What is it? Short answer:"),
+                     "what is it?")
 
   def test_bad_annotations_name_the_file(self):
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,6 +15,7 @@ word or phrase."; VizWiz also asks for 'Unanswerable'; TextVQA lists "Reference 
 """
 
 import os
+import re
 
 from llava_jax.eval import answer_file
 from llava_jax.eval import vqa_answers
@@ -58,7 +59,11 @@ def vizwiz_annotations(path: str) -> dict:
 
 
 def textvqa_question(prompt: str) -> str:
-  """The question line of a TextVQA prompt (first line, or the one after the OCR tokens)."""
+  """The question of a TextVQA prompt: the first line, the one after a leading "Reference OCR
+  token:" line, or, in the "OCR tokens: ... Question: ... Short answer:" variant, the middle."""
+  match = re.match(r"OCR tokens: .*?Question: (.*?) Short answer:", prompt, re.S)
+  if match:
+    return match.group(1).lower()
   lines = prompt.split("\n")
   if lines[0].startswith("Reference OCR token:") and len(lines) > 1:
     return lines[1].lower()
