@@ -17,7 +17,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from llava_jax import prompting
+from llava_jax import quiet
+
+quiet.install()   # before prompting imports transformers
+
+from llava_jax import prompting  # noqa: E402
 
 _HELP = "commands: /image PATH  (new image, new conversation)   /reset   /quit"
 
