@@ -9,9 +9,9 @@ forgets the conversation, `/quit` (or end of input) leaves. Answers stream as th
 llava-hf directory.
 """
 
+from collections.abc import Callable
 import os
 import sys
-from collections.abc import Callable
 
 from absl import app
 from absl import flags

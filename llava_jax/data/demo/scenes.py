@@ -13,7 +13,8 @@ Objects are drawn large (>= 28 px on a 128 px canvas) so they stay visible at th
 import dataclasses
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 CANVAS = 128
 
