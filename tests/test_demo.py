@@ -134,7 +134,7 @@ class GeneratorTest(absltest.TestCase):
       scene = scenes.random_shapes_scene(rng)
       pixels = np.asarray(scenes.draw_shapes(scene))
       for shape in scene.shapes:
-        x, y = (int(v) for v in scenes._cell_centre(shape.cell))
+        x, y = (int(v) for v in scenes.cell_centre(shape.cell))
         np.testing.assert_array_equal(pixels[y, x], scenes.OBJECT_COLOURS[shape.colour])
       caption = text.shapes_caption(scene)
       for colour in {s.colour for s in scene.shapes}:
