@@ -26,10 +26,10 @@ from configs import common
 from llava_jax import chat_api
 from llava_jax import model as model_lib
 from llava_jax import sharding
-from llava_jax.model import llama
 from llava_jax.convert import model_dir
 from llava_jax.convert import sources
 from llava_jax.data import image as image_lib
+from llava_jax.model import llama
 
 
 @dataclasses.dataclass

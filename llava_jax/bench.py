@@ -28,8 +28,8 @@ from typing import Any
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 from ml_collections import config_flags
+import numpy as np
 
 from configs import common
 from llava_jax import flops as flops_lib

@@ -109,6 +109,7 @@ def time_torch(cfg, ids, pixels, new_tokens: int, repeats: int) -> dict:
   """The same prompts through transformers' LlavaForConditionalGeneration.generate."""
   import torch  # pylint: disable=g-import-not-at-top  # bench/test extra only
   import transformers  # pylint: disable=g-import-not-at-top
+
   from llava_jax.convert import hf_config  # pylint: disable=g-import-not-at-top
 
   if FLAGS.torch_threads:

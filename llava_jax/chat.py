@@ -9,15 +9,19 @@ forgets the conversation, `/quit` (or end of input) leaves. Answers stream as th
 llava-hf directory.
 """
 
+from collections.abc import Callable
 import os
 import sys
-from collections.abc import Callable
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from llava_jax import prompting
+from llava_jax import quiet
+
+quiet.install()   # before prompting imports transformers
+
+from llava_jax import prompting  # noqa: E402
 
 _HELP = "commands: /image PATH  (new image, new conversation)   /reset   /quit"
 

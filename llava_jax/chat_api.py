@@ -11,9 +11,9 @@ The mixin reads the loaded model's plain fields: `module`, `params`, `model_cfg`
 training's rules table) generate sharded, with batches placed as in training.
 """
 
+from collections.abc import Iterator, Sequence
 import functools
 import os
-from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np

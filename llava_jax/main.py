@@ -12,7 +12,11 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from llava_jax import quiet
 from llava_jax import sharding
+
+# At import, not in main(): Grain's spawned workers re-import this module, and print too.
+quiet.install()
 
 _REPO_ROOT = pathlib.Path(__file__).absolute().parents[1]
 

@@ -7,8 +7,8 @@ system messages are not used) and `data.tokenize` expands every marker to the im
 exactly as training prompts are built.
 """
 
-import dataclasses
 from collections.abc import Sequence
+import dataclasses
 
 import numpy as np
 

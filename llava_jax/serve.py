@@ -11,6 +11,7 @@ Requests that arrive during a decode wait for the next batch (static batching).
 
 import base64
 import binascii
+from collections.abc import Iterator
 import dataclasses
 import http.server
 import json
@@ -20,7 +21,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 from absl import app
 from absl import flags

@@ -4,16 +4,18 @@ Parameters carry logical axis names (`embed`, `mlp`, ...) from the model; this f
 which mesh axis (`data`, `fsdp`, `tensor`) each name maps to. Everything else asks here.
 """
 
+from collections.abc import Callable, Mapping, Sequence
 import functools
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
 
 from absl import logging
 import flax.linen as nn
 import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")

@@ -9,26 +9,15 @@ import safetensors.numpy
 import torch
 import transformers
 
+import tiny
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO_TOKENIZER = REPO / "data" / "demo" / "tokenizer"   # <image> = 4, <pad> = 3, 1025 tokens
 IMAGE_TOKEN_ID = 4
-IMAGE_SIZE = 32
-PATCH_SIZE = 8
-
-
-def vision_config(**overrides) -> transformers.CLIPVisionConfig:
-  kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=16)
-  kwargs.update(overrides)
-  return transformers.CLIPVisionConfig(**kwargs)
-
-
-def text_config(**overrides) -> transformers.LlamaConfig:
-  kwargs = dict(vocab_size=1088, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                rms_norm_eps=1e-5, pad_token_id=3, bos_token_id=1, eos_token_id=2)
-  kwargs.update(overrides)
-  return transformers.LlamaConfig(**kwargs)
+IMAGE_SIZE = tiny.HF_IMAGE_SIZE
+PATCH_SIZE = tiny.HF_PATCH_SIZE
+vision_config = tiny.hf_vision_config   # the sizes live in tests/tiny.py
+text_config = tiny.hf_text_config
 
 
 def llava_model(seed: int = 0, feature_select: str = "default", feature_layer: int = -2,

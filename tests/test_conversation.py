@@ -2,7 +2,8 @@
 
 import random
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 
 from llava_jax.data import conversation as conv
 

@@ -13,6 +13,7 @@ import time
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import fake_openai
 from llava_jax.data import records as records_lib
 from llava_jax.datagen import annotations
 from llava_jax.datagen import client as client_lib
@@ -21,9 +22,7 @@ from llava_jax.datagen import generate
 from llava_jax.datagen import journal
 from llava_jax.datagen import parse
 from llava_jax.datagen import prompts
-
-import fake_openai
-import tiny_llava
+import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "data", "datagen_samples")
@@ -154,13 +153,13 @@ class ParseSavedResponsesTest(parameterized.TestCase):
   )
   def test_saved_response(self, name, kind, num_pairs, reason):
     text = saved_response(name)
-    job = generate._Job(kind, fake_annotations(1)[0])
+    job = generate.Job(kind, fake_annotations(1)[0])
     if reason is not None:
       with self.assertRaises(parse.Rejected) as cm:
-        generate._to_record(job, text, seed=0)
+        generate.to_record(job, text, seed=0)
       self.assertEqual(cm.exception.reason, reason)
       return
-    record = generate._to_record(job, text, seed=0)
+    record = generate.to_record(job, text, seed=0)
     turns = record["conversations"]
     self.assertLen(turns, 2 * num_pairs)
     self.assertEqual([t["from"] for t in turns], ["human", "gpt"] * num_pairs)
@@ -171,11 +170,11 @@ class ParseSavedResponsesTest(parameterized.TestCase):
     self.assertEqual(record["image"], "img0.jpg")
 
   def test_detail_instruction_is_seeded_per_record(self):
-    job = generate._Job("detail", fake_annotations(1)[0])
+    job = generate.Job("detail", fake_annotations(1)[0])
     text = saved_response("detail_ok")
-    first = generate._to_record(job, text, seed=0)["conversations"][0]["value"]
-    self.assertEqual(first, generate._to_record(job, text, seed=0)["conversations"][0]["value"])
-    wordings = {generate._to_record(job, text, seed=s)["conversations"][0]["value"]
+    first = generate.to_record(job, text, seed=0)["conversations"][0]["value"]
+    self.assertEqual(first, generate.to_record(job, text, seed=0)["conversations"][0]["value"])
+    wordings = {generate.to_record(job, text, seed=s)["conversations"][0]["value"]
                 for s in range(20)}
     self.assertGreater(len(wordings), 1)
 
@@ -409,7 +408,7 @@ class RealServerTest(absltest.TestCase):
     from llava_jax import api
     from llava_jax import serve
     cls.tmp = tempfile.mkdtemp()
-    model = api.load(tiny_llava.write_tiny_model_dir(os.path.join(cls.tmp, "model")))
+    model = api.load(tiny.write_model_dir(os.path.join(cls.tmp, "model")))
     # One request at a time: a single decode batch shape, so generation compiles once.
     cls.server = serve.make_server(model, "127.0.0.1", 0, model_name="tiny", max_batch=1)
     cls.thread = threading.Thread(target=cls.server.serve_forever, daemon=True)
@@ -443,20 +442,29 @@ class RealServerTest(absltest.TestCase):
     out = os.path.join(self.tmp, "out")
     stats = generate.run(anns, list(prompts.TYPES), client, out, concurrency=2, max_tokens=12,
                          temperature=0.0, prompts_dir=self.prompts_dir, progress=False)
+    self.assertEqual(set(stats), set(prompts.TYPES))
     for kind, s in stats.items():
       self.assertEqual(s.failed + s.not_sent, 0, kind)
       self.assertEqual(s.new + sum(s.rejected.values()), 2, kind)
-    conv_reasons = set(stats["conv"].rejected) | set(stats["reasoning"].rejected)
-    self.assertTrue(conv_reasons <= {"unparseable", "unbalanced_turns", "empty_question",
-                                     "empty_answer", "refusal", "mentions_source", "duplicate",
-                                     "truncated"}, conv_reasons)
-    for rec in records_lib.read_records(os.path.join(out, generate.MERGED_FILE)):
-      self.assertEqual(records_lib.check_record(rec), [])
     # Random weights rarely stop within 12 tokens, so most answers come back cut off
-    # ('truncated'); every rejection keeps the server's text for inspection.
-    rejected = journal.Journal(os.path.join(out, "conv.rejected.jsonl")).records
-    self.assertLen(rejected, 2 - stats["conv"].total)
-    self.assertTrue(all(r["response"] for r in rejected if r["reason"] != "duplicate"))
+    # ('truncated'); the rest fail to parse. Either way every request is answered with text
+    # and journaled: accepted as a valid record, or rejected with the server's text kept.
+    qa_reasons = {"unparseable", "unbalanced_turns", "empty_question", "empty_answer", "refusal",
+                  "mentions_source", "truncated"}
+    for kind in prompts.TYPES:
+      accepted = journal.Journal(os.path.join(out, f"{kind}.jsonl")).records
+      rejected = journal.Journal(os.path.join(out, f"{kind}.rejected.jsonl")).records
+      self.assertLen(accepted + rejected, 2, kind)
+      self.assertLen(accepted, stats[kind].total, kind)
+      for r in rejected:
+        if kind != "detail":
+          self.assertIn(r["reason"], qa_reasons | {"duplicate"}, kind)
+        if r["reason"] != "duplicate":
+          self.assertNotEmpty(r["response"].strip(), r)
+    merged = records_lib.read_records(os.path.join(out, generate.MERGED_FILE))
+    self.assertLen(merged, sum(s.total for s in stats.values()))
+    for rec in merged:
+      self.assertEqual(records_lib.check_record(rec), [])
     with open(os.path.join(out, "stats.json")) as f:
       self.assertEqual(set(json.load(f)), set(prompts.TYPES))
 

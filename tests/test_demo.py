@@ -6,12 +6,14 @@ import os
 import re
 import tempfile
 
-import numpy as np
 from absl.testing import absltest
+import numpy as np
 from transformers import AutoTokenizer
 
 from configs import common
-from llava_jax.data import demo, image as image_lib, validate
+from llava_jax.data import demo
+from llava_jax.data import image as image_lib
+from llava_jax.data import validate
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                         "demo")
@@ -125,13 +127,14 @@ class GeneratorTest(absltest.TestCase):
 
   def test_captions_state_what_is_drawn(self):
     # The generator's facts match the pixels: count coloured blobs in shape images.
-    from llava_jax.data.demo import scenes, text
+    from llava_jax.data.demo import scenes
+    from llava_jax.data.demo import text
     rng = np.random.default_rng(3)
     for _ in range(10):
       scene = scenes.random_shapes_scene(rng)
       pixels = np.asarray(scenes.draw_shapes(scene))
       for shape in scene.shapes:
-        x, y = (int(v) for v in scenes._cell_centre(shape.cell))
+        x, y = (int(v) for v in scenes.cell_centre(shape.cell))
         np.testing.assert_array_equal(pixels[y, x], scenes.OBJECT_COLOURS[shape.colour])
       caption = text.shapes_caption(scene)
       for colour in {s.colour for s in scene.shapes}:

@@ -9,15 +9,14 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import fake_openai
 from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import flan
 from llava_jax.eval import answering
 from llava_jax.eval import llava_bench
 from llava_jax.eval import scienceqa
 from llava_jax.eval import text_rouge
-
-import fake_openai
-import tiny_llava
+import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "data", "eval_samples")
@@ -281,7 +280,7 @@ class CheckpointTest(absltest.TestCase):
     """`--ckpt`: batched generation with a tiny random model; its answers are nonsense, so
     the point is that they are extracted, counted and scored without a crash."""
     with tempfile.TemporaryDirectory() as tmp:
-      ckpt = tiny_llava.write_tiny_model_dir(os.path.join(tmp, "model"))
+      ckpt = tiny.write_model_dir(os.path.join(tmp, "model"))
       out = os.path.join(tmp, "sqa.json")
       result = subprocess.run(
           [sys.executable, "-m", "llava_jax.evaluate", "--task=scienceqa",

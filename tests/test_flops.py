@@ -1,6 +1,7 @@
 """Tests for llava_jax/flops.py: FLOP counts against numbers worked out by hand, the peak table."""
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import jax
 
 from configs import common

@@ -182,7 +182,7 @@ class GenerateTest(absltest.TestCase):
 
   def test_stream_yields_the_same_tokens(self):
     rows = [[], [], []]
-    for pieces, done, _ in self.model.generator.stream(self.prompts, self.pixels,
+    for pieces, done, _ in self.model.generator.stream(self.prompts, self.pixels,  # noqa: B007
                                                        max_new_tokens=40, chunk_size=8):
       for b, piece in enumerate(pieces):
         rows[b] += piece

@@ -3,13 +3,14 @@
 import io
 import os
 import tempfile
-import warnings
 from unittest import mock
+import warnings
 
+from absl.testing import absltest
+from absl.testing import parameterized
 import numpy as np
-import skimage.data
-from absl.testing import absltest, parameterized
 from PIL import Image
+import skimage.data
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava_jax.data import image as image_lib
@@ -90,7 +91,8 @@ class PreprocessParityTest(parameterized.TestCase):
     self.assertGreater(int(left_pad[0]) - int(left_pad[1]), 200)
 
   def test_constants_are_openai_clip(self):
-    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from transformers.image_utils import OPENAI_CLIP_MEAN
+    from transformers.image_utils import OPENAI_CLIP_STD
     np.testing.assert_allclose(image_lib.CLIP_MEAN, OPENAI_CLIP_MEAN)
     np.testing.assert_allclose(image_lib.CLIP_STD, OPENAI_CLIP_STD)
     self.assertEqual(image_lib.CLIP_MEAN_RGB, (122, 116, 104))

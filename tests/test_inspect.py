@@ -12,7 +12,9 @@ import ml_collections
 import numpy as np
 
 from configs import common
-from data_samples import qa, write_images, write_jsonl
+from data_samples import qa
+from data_samples import write_images
+from data_samples import write_jsonl
 from llava_jax.data import inspect
 from llava_jax.data import tokenize
 

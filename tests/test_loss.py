@@ -1,6 +1,7 @@
 """Tests for llava_jax/train/loss.py: chunked cross-entropy equals the dense one, with less memory."""
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import chex
 import flax.linen as nn
 import jax

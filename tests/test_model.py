@@ -2,7 +2,8 @@
 
 import functools
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import chex
 import flax.linen as nn
 import jax
@@ -13,6 +14,7 @@ from configs import common
 from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.model import llava as llava_lib
+import tiny
 
 IMAGE = 4
 LOGICAL_NAMES = {"layers", "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim",
@@ -21,10 +23,7 @@ LOGICAL_NAMES = {"layers", "vocab", "embed", "mlp", "heads", "kv_heads", "head_d
 
 def small_cfg(**llm):
   """The tiny preset with a 16-token image (32 px), so sequences stay short."""
-  cfg = common.model_config("tiny")
-  cfg.vision.image_size = 32
-  cfg.llm.update(llm)
-  return cfg
+  return tiny.model_config(image_size=32, **llm)
 
 
 def batch(cfg, rng, t_text=12):

@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-
 from unittest import mock
 
 from absl.testing import absltest

@@ -4,12 +4,16 @@ import json
 import os
 import shutil
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import jax
 import numpy as np
 
 from configs import common
-from data_samples import BAD, good_records, temp_data_dir, write_jsonl
+from data_samples import BAD
+from data_samples import good_records
+from data_samples import temp_data_dir
+from data_samples import write_jsonl
 from llava_jax import model as model_lib
 from llava_jax.data import pipeline
 from llava_jax.data import tokenize

@@ -5,7 +5,8 @@ Also the HF name map: exact round trip, every accepted key layout, and its error
 
 import re
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ from llava_jax import model as model_lib
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.model import vision as vision_lib
+import tiny
 
 IMAGE_TOKEN = 5
 TOL = 1e-4
@@ -43,13 +45,12 @@ class LinearProjector(torch.nn.Module):
 
 
 def build_hf(kv_heads, projector, feature_layer, strategy, text_extra, seed=0):
-  vision = transformers.CLIPVisionConfig(
-      hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-      image_size=32, patch_size=8, projection_dim=16)
-  text = transformers.LlamaConfig(**{
-      **dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=16,
-             max_position_embeddings=128, rms_norm_eps=1e-5), **text_extra})
+  vision = tiny.hf_vision_config()
+  # No pad/bos/eos ids: these tests feed raw ids, none of them special.
+  text = tiny.hf_text_config(**{
+      **dict(vocab_size=96, hidden_size=64, num_key_value_heads=kv_heads, head_dim=16,
+             max_position_embeddings=128, pad_token_id=None, bos_token_id=None,
+             eos_token_id=None), **text_extra})
   config = transformers.LlavaConfig(
       vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
       projector_hidden_act="gelu", vision_feature_layer=feature_layer,

@@ -6,13 +6,19 @@ import os
 import shutil
 import tempfile
 
-from absl.testing import absltest, parameterized
+from absl.testing import absltest
+from absl.testing import parameterized
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import common
-from data_samples import BAD, LONG, good_records, qa, temp_data_dir, write_jsonl
+from data_samples import BAD
+from data_samples import LONG
+from data_samples import good_records
+from data_samples import qa
+from data_samples import temp_data_dir
+from data_samples import write_jsonl
 from llava_jax.data import image
 from llava_jax.data import pipeline
 from llava_jax.data import records

@@ -10,7 +10,11 @@ from absl.testing import absltest
 import numpy as np
 
 from configs import common
-from data_samples import BAD, good_records, qa, temp_data_dir, write_jsonl
+from data_samples import BAD
+from data_samples import good_records
+from data_samples import qa
+from data_samples import temp_data_dir
+from data_samples import write_jsonl
 from llava_jax.data import pipeline
 from llava_jax.data import prepare
 from llava_jax.data import shards

@@ -5,8 +5,9 @@ import json
 import os
 import tempfile
 
+from absl.testing import absltest
+from absl.testing import parameterized
 import numpy as np
-from absl.testing import absltest, parameterized
 from PIL import Image
 
 from llava_jax.data import records

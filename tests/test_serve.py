@@ -51,6 +51,25 @@ def _start(model, **kwargs):
   return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+def _count_queued(worker) -> threading.Semaphore:
+  """Released once per job the worker accepts, so tests wait on it with a deadline."""
+  queued = threading.Semaphore(0)
+  submit = worker.submit
+
+  def counting_submit(job):
+    submit(job)   # raises (503) when the queue is full: not counted
+    queued.release()
+
+  worker.submit = counting_submit
+  return queued
+
+
+def _wait_queued(queued: threading.Semaphore, count: int, timeout: float = 120):
+  for i in range(count):
+    if not queued.acquire(timeout=timeout):
+      raise AssertionError(f"only {i} of {count} requests reached the queue in {timeout} s")
+
+
 def _post(url: str, body, timeout=120) -> tuple[int, dict]:
   data = body if isinstance(body, bytes) else json.dumps(body).encode()
   request = urllib.request.Request(url + "/v1/chat/completions", data=data,
@@ -106,13 +125,13 @@ class ServeTest(absltest.TestCase):
 
   def test_concurrent_requests_are_batched(self):
     server, url = _start(self.model, max_batch=4, start_worker=False)
+    queued = _count_queued(server.service.worker)
     try:
       with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(_post, url, {"temperature": 0, "max_tokens": 12,
                                             "messages": _user(QUESTION, _data_url(im))})
                    for im in self.images]
-        while server.service.worker._jobs.qsize() < 4:  # all four wait before decoding starts
-          threading.Event().wait(0.05)
+        _wait_queued(queued, 4)   # all four wait before decoding starts
         server.service.worker.start()
         results = [f.result() for f in futures]
     finally:
@@ -125,6 +144,7 @@ class ServeTest(absltest.TestCase):
 
   def test_full_queue_returns_503(self):
     server, url = _start(self.model, queue_size=1, start_worker=False)
+    queued = _count_queued(server.service.worker)
     request = {"max_tokens": 4, "messages": _user("hi")}
     try:
       def wait_in_queue():  # never answered: the worker is not running
@@ -135,8 +155,7 @@ class ServeTest(absltest.TestCase):
 
       waiting = threading.Thread(target=wait_in_queue, daemon=True)
       waiting.start()
-      while server.service.worker._jobs.qsize() < 1:
-        threading.Event().wait(0.05)
+      _wait_queued(queued, 1)
       status, body = _post(url, request)
     finally:
       server.shutdown()

@@ -7,8 +7,8 @@ from unittest import mock
 from absl.testing import absltest
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 from llava_jax import model as model_lib
 from llava_jax import sharding

@@ -8,16 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
 from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.model import splash
+import tiny
 
 
 def tiny_cfg(attention):
-  cfg = common.model_config("tiny")
-  cfg.vision.image_size = 32   # 16 image tokens
-  cfg.llm.layers = 2
+  cfg = tiny.model_config(image_size=32, layers=2)   # 16 image tokens
   cfg.attention = attention
   return cfg
 

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 from absl.testing import absltest
+import numpy as np
 from PIL import Image
 
 from configs import common
-from llava_jax.data import records, validate
+from llava_jax.data import records
+from llava_jax.data import validate
 
 
 def _encode(fmt):

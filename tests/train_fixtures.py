@@ -1,8 +1,6 @@
 """Shared by the training tests: a shrunken stage config and synthetic Batch-contract data."""
 
 import json
-import os
-import tempfile
 import time
 
 import grain
@@ -11,26 +9,13 @@ import ml_collections
 import numpy as np
 
 from configs import common
-from configs import finetune
-from configs import pretrain
 from llava_jax.train import loop
+import tiny
 
-# Small enough that a train step compiles in seconds on 2 CPU cores.
-TINY_VISION = dict(image_size=16, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64)
-TINY_LLM = dict(vocab_size=2048, dim=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp_dim=128)
-
-
-def tiny_config(stage: str = "finetune", **train) -> ml_collections.ConfigDict:
-  """The demo preset of a stage config with a shrunken model and a few steps (unlocked)."""
-  config = {"finetune": finetune, "pretrain": pretrain}[stage].get_config("demo")
-  config.model.vision.update(TINY_VISION)
-  config.model.llm.update(TINY_LLM)
-  config.data.max_len = 48
-  config.data.num_workers = 0
-  config.train.update({**dict(steps=4, batch_size=8, log_every_steps=1), **train})
-  config.checkpoint.every_steps = 2
-  config.mesh.update(dict(data=-1, fsdp=1, tensor=1))   # all (8 fake) devices in tests
-  return config
+# The tiny training config lives in tests/tiny.py; kept under its old names for the callers.
+TINY_VISION = tiny.TRAIN_VISION
+TINY_LLM = tiny.TRAIN_LLM
+tiny_config = tiny.train_config
 
 
 def command_line_overrides(config: ml_collections.ConfigDict) -> list[str]:
@@ -117,9 +102,10 @@ def train_with_slow_saves(workdir: str, steps: int, every_steps: int) -> None:
 
 
 # Shared by the training tests' processes (and their subprocesses, through the environment):
-# XLA compiles each distinct train step once per machine instead of once per run.
+# XLA compiles each distinct train step once per checkout instead of once per run. Not under
+# the tests' temporary root (tests/conftest.py), which each process removes when it ends.
 COMPILATION_CACHE = {
-    "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "llava_jax_test_xla_cache"),
+    "JAX_COMPILATION_CACHE_DIR": str(tiny.REPO / ".pytest_cache" / "xla_compilation_cache"),
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }

@@ -13,9 +13,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from llava_jax.convert import importer
-from llava_jax.convert import exporter
-from llava_jax.convert import tensor_files
+from llava_jax import quiet
+
+quiet.install()   # before the converters import transformers
+
+from llava_jax.convert import exporter  # noqa: E402
+from llava_jax.convert import importer  # noqa: E402
+from llava_jax.convert import tensor_files  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -21,12 +21,14 @@ the shortest side (PIL), center crop, rescale by 1/255, normalize with CLIP's me
 first expands to a square with the mean colour, as LLaVA-1.5's `expand2square`.
 """
 
+from collections.abc import Sequence
 import io
 import os
-from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

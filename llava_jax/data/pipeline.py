@@ -456,8 +456,11 @@ class TrainIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict[str, np.ndarray]:
     rows = next(self._parent)
-    batch = {k: rows[k] for k in BATCH_KEYS[:-1]}
-    batch["pixels"] = model_pixels(rows["pixels_uint8"], rows["num_images"])
+    # Plain copies: with workers, `rows` are views of Grain's shared memory, which is unlinked only
+    # when they are dropped; a batch still held at exit (the last one) would leak its segments.
+    batch = {k: np.array(rows[k]) for k in BATCH_KEYS[:-1]}
+    batch["pixels"] = model_pixels(np.asarray(rows["pixels_uint8"]), rows["num_images"])
+    del rows
     stats = _find_skip_stats(self._parent.get_state())
     finished = min(s["epoch"] for s in stats) - 1
     for epoch in range(self._logged_epoch + 1, finished + 1):

@@ -21,10 +21,10 @@ strict mode); "warning" means the pipeline repairs it (e.g. prepends the missing
 uses it, but strict mode still refuses it.
 """
 
+from collections.abc import Iterator
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
 from typing import NamedTuple
 
 from llava_jax.data import image as image_lib

@@ -17,8 +17,10 @@ import dataclasses
 import os
 import sys
 
+from absl import app
+from absl import flags
+from absl import logging
 import ml_collections
-from absl import app, flags, logging
 
 from llava_jax.data import records as records_lib
 

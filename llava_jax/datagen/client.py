@@ -12,9 +12,9 @@ import json
 import random
 import threading
 import time
+from typing import Callable, Iterable, Iterator, Sequence
 import urllib.error
 import urllib.request
-from typing import Callable, Iterable, Iterator, Sequence
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 

@@ -49,7 +49,8 @@ class TypeStats:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Job:
+class Job:
+  """One request: an image's annotations and the kind of record to generate from them."""
   kind: str
   ann: ImageAnnotation
 
@@ -76,7 +77,7 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
   jobs, queued = [], set()
   for ann in annotations:
     for kind in types:
-      job = _Job(kind, ann)
+      job = Job(kind, ann)
       if job.id in accepted[kind].ids or job.id in rejected[kind].ids:
         stats[kind].skipped += 1
       elif job.id in queued:
@@ -87,7 +88,7 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
         jobs.append(job)
         queued.add(job.id)
 
-  def work(job: _Job) -> dict:
+  def work(job: Job) -> dict:
     context = context_lib.symbolic_context(job.ann, with_boxes=prompts.TYPES[job.kind])
     text, finish_reason = client.complete_choice(
         prompts.load(job.kind, prompts_dir).messages(context), temperature=temperature,
@@ -95,7 +96,7 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
     try:
       if finish_reason == "length":  # Cut off by max_tokens: the last answer is incomplete.
         raise parse.Rejected("truncated")
-      return _to_record(job, text, seed)
+      return to_record(job, text, seed)
     except parse.Rejected as e:
       return {"id": job.id, "reason": e.reason, "response": text}
 
@@ -143,7 +144,8 @@ def run(annotations: Sequence[ImageAnnotation], types: Sequence[str],
   return stats
 
 
-def _to_record(job: _Job, text: str, seed: int) -> dict:
+def to_record(job: Job, text: str, seed: int) -> dict:
+  """The LLaVA record parsed from the model's `text`; raises parse.Rejected with the reason."""
   if job.kind == "detail":
     # The human turn's wording is drawn per record from a seeded RNG, so re-runs agree.
     rng = random.Random(f"{seed}:{job.id}")

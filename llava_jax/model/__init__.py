@@ -3,8 +3,10 @@
 from flax.linen import meta
 import jax
 
-from llava_jax.model.llama import DecoderConfig, init_cache
-from llava_jax.model.llava import Llava, LlavaConfig
+from llava_jax.model.llama import DecoderConfig
+from llava_jax.model.llama import init_cache
+from llava_jax.model.llava import Llava
+from llava_jax.model.llava import LlavaConfig
 from llava_jax.model.vision import VisionConfig
 
 

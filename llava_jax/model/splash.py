@@ -11,9 +11,9 @@ axis `act_heads` maps to.
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 BLOCK_CHOICES = (512, 256, 128)

@@ -22,7 +22,8 @@ from llava_jax.model import splash
 from llava_jax.train import init as init_lib
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import step as step_lib
-from llava_jax.train.state import TrainState, make_factory
+from llava_jax.train.state import TrainState
+from llava_jax.train.state import make_factory
 
 
 @dataclasses.dataclass

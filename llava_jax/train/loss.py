@@ -9,9 +9,9 @@ Letters: B batch, T sequence, C chunk length, N number of chunks, D model width,
 Labels follow the HF convention: logits[:, t] predict labels[:, t + 1]; -100 is not supervised.
 """
 
+from flax.core import meta
 import jax
 import jax.numpy as jnp
-from flax.core import meta
 
 IGNORE_INDEX = -100
 

@@ -5,14 +5,14 @@ the regexes train; all others are frozen. The optimizer only ever sees the train
 frozen parameters have no optimizer state and no gradient is computed for them.
 """
 
+from collections.abc import Sequence
 import math
 import re
-from collections.abc import Sequence
 
+from flax import traverse_util
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax import traverse_util
 
 
 def path_name(path: tuple[str, ...]) -> str:

@@ -12,10 +12,10 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from configs import common
 from llava_jax import model as model_lib

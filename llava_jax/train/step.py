@@ -7,8 +7,8 @@ supervised tokens in the whole global batch, so it (and its gradient) is the sam
 batch is split into micro-batches or sharded over devices.
 """
 
-import functools
 from collections.abc import Callable, Sequence
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -19,7 +19,8 @@ import optax
 from llava_jax import sharding
 from llava_jax.train import loss as loss_lib
 from llava_jax.train import optimizer
-from llava_jax.train.state import StateFactory, TrainState
+from llava_jax.train.state import StateFactory
+from llava_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 # (model, params, batch, rng) -> (sum of token losses, number of supervised tokens); e.g.

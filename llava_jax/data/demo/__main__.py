@@ -1,6 +1,7 @@
 """`python -m llava_jax.data.demo --out=data/demo [--seed=0]`: (re)generate the demo dataset."""
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from llava_jax.data.demo import build
 

@@ -13,7 +13,8 @@ Objects are drawn large (>= 28 px on a 128 px canvas) so they stay visible at th
 import dataclasses
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 CANVAS = 128
 
@@ -96,7 +97,8 @@ def random_outdoor_scene(rng: np.random.Generator, time: str, ground: str) -> Ou
   )
 
 
-def _cell_centre(cell: tuple[int, int]) -> tuple[float, float]:
+def cell_centre(cell: tuple[int, int]) -> tuple[float, float]:
+  """Pixel centre (x, y) of grid cell (row, col) of the 3x3 shapes canvas."""
   row, col = cell
   step = CANVAS / 3
   return (col + 0.5) * step, (row + 0.5) * step
@@ -107,7 +109,7 @@ def draw_shapes(scene: ShapesScene) -> Image.Image:
   draw = ImageDraw.Draw(image)
   r = 15
   for shape in scene.shapes:
-    x, y = _cell_centre(shape.cell)
+    x, y = cell_centre(shape.cell)
     fill = OBJECT_COLOURS[shape.colour]
     if shape.kind == "circle":
       draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)

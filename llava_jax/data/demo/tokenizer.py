@@ -6,11 +6,17 @@ and a post-processor that adds `<s>`. Ids are fixed: `<unk>`=0, `<s>`=1, `</s>`=
 `<image>`=4, bytes 5..260, learned pieces after (vocab <= 2048, the tiny model's vocab_size).
 """
 
-import json
 from collections.abc import Iterable
+import json
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers import processors, trainers
+from tokenizers import AddedToken
+from tokenizers import Tokenizer
+from tokenizers import decoders
+from tokenizers import models
+from tokenizers import normalizers
+from tokenizers import pre_tokenizers
+from tokenizers import processors
+from tokenizers import trainers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
