@@ -7,6 +7,8 @@ import tempfile
 
 from absl.testing import absltest
 
+import eval_fixtures
+import fake_openai
 from llava_jax.datagen import client as client_lib
 from llava_jax.eval import gqa
 from llava_jax.eval import mmbench
@@ -14,9 +16,6 @@ from llava_jax.eval import mme
 from llava_jax.eval import mmvet
 from llava_jax.eval import pope
 from llava_jax.eval import seed
-
-import eval_fixtures
-import fake_openai
 
 SAMPLES = eval_fixtures.SAMPLES
 

@@ -8,11 +8,10 @@ import tempfile
 
 from absl.testing import absltest
 
-from llava_jax.eval import flan_heldout
-from llava_jax.eval import natural_instructions as ni
-
 import eval_fixtures
 import fake_openai
+from llava_jax.eval import flan_heldout
+from llava_jax.eval import natural_instructions as ni
 
 NI_DIR = os.path.join(eval_fixtures.SAMPLES, "natural_instructions")
 FLAN_INPUTS = os.path.join(eval_fixtures.REPO, "data", "datagen_samples", "text")

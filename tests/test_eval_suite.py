@@ -8,13 +8,12 @@ import tempfile
 
 from absl.testing import absltest
 
+import eval_fixtures
+import fake_openai
 from llava_jax.datagen import client as client_lib
 from llava_jax.eval import answer_file
 from llava_jax.eval import llava_bench
 from llava_jax.eval import suite
-
-import eval_fixtures
-import fake_openai
 import tiny_llava
 
 SAMPLES = eval_fixtures.SAMPLES

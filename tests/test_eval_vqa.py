@@ -7,10 +7,9 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import eval_fixtures
 from llava_jax.eval import vqa
 from llava_jax.eval import vqa_answers
-
-import eval_fixtures
 
 SAMPLES = eval_fixtures.SAMPLES
 

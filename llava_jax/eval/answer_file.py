@@ -14,8 +14,8 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 from typing import Callable
+import uuid
 
 import tqdm
 
