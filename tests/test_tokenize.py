@@ -100,7 +100,7 @@ def encoder(tok, num_image_tokens=1):
 
 def ours(template, turns, tok, placement="front", **kwargs):
   images = sum(t.count("<image>") for _, t in turns)
-  turns, _ = conv.training_turns(turns, num_images=images, placement=placement)
+  turns = conv.training_turns(turns, num_images=images, placement=placement)
   enc = encoder(tok, **kwargs)
   return enc.encode(enc.render(template, turns))
 
@@ -169,7 +169,7 @@ class LlavaParityTest(parameterized.TestCase):
     written = ours("vicuna_v1", CONVERSATIONS["image_after_question"], tok,
                    placement="as_written")
     self.assertNotEqual(after.input_ids.tolist(), written.input_ids.tolist())
-    turns, _ = conv.training_turns(CONVERSATIONS["image_after_question"], num_images=1,
+    turns = conv.training_turns(CONVERSATIONS["image_after_question"], num_images=1,
                                    placement="front")
     text = conv.render("vicuna_v1", turns).text
     self.assertIn("USER: <image>\nHow many balls are there? ASSISTANT:", text)

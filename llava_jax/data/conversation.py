@@ -215,14 +215,12 @@ def add_missing_image_markers(turns: Sequence[tuple[str, str]], num_images: int)
 
 
 def training_turns(turns: Sequence[tuple[str, str]], *, num_images: int, placement: str,
-                   rng: random.Random | None = None) -> tuple[list[tuple[str, str]], list[str]]:
-  """A record's turns as the template takes them, and notes on what was repaired.
+                   rng: random.Random | None = None) -> list[tuple[str, str]]:
+  """A record's turns as the template takes them (records.check_record notes the repairs).
 
   LLaVA's order: a leading gpt turn is dropped, then images are placed; an image the text does
   not mention gets `<image>\\n` in front (LLaVA would train without it).
   """
-  turns, dropped = drop_leading_gpt(turns)
-  notes = ["leading_gpt_turn: conversations[0]: dropped (LLaVA trains on the rest)"] if dropped \
-      else []
+  turns, _ = drop_leading_gpt(turns)
   turns, _ = add_missing_image_markers(turns, num_images)
-  return place_images(turns, placement, rng), notes
+  return place_images(turns, placement, rng)
