@@ -102,6 +102,9 @@ def data_config() -> ml_collections.ConfigDict:
   # "as_written", or "random" (the paper's augmentation, front or after, seeded per record).
   # `plain` drops the question, so it ignores this.
   c.image_placement = "front"
+  # Replaces the template's system prompt (vicuna_v1's opening sentence, llama_2's <<SYS>> block);
+  # None: the template's own. Stored with the model, so inference uses the same.
+  c.system_prompt = ml_collections.config_dict.placeholder(str)
   c.num_workers = 2             # Grain worker processes; 0 = decode in the calling process
   c.worker_buffer_size = 2      # elements each worker prepares ahead
   c.skip_reasons_shown = 5      # how many skip reasons the end-of-epoch report prints

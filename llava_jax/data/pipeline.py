@@ -135,6 +135,7 @@ class SampleBuilder:
     self.max_images = data_cfg.max_images
     self.image_aspect = data_cfg.image_aspect
     self.image_placement = data_cfg.image_placement
+    self.system_prompt = data_cfg.system_prompt
     self.image_size = model_cfg.vision.image_size
     self.image_token_id = model_cfg.image_token_id
     self.num_image_tokens = common.num_image_tokens(model_cfg)
@@ -173,7 +174,7 @@ class SampleBuilder:
                                         placement=self.image_placement,
                                         rng=conversation.record_rng(self.seed, index))
     try:
-      rendered = self.encoder.render(self.template, turns)
+      rendered = self.encoder.render(self.template, turns, system=self.system_prompt)
     except conversation.TemplateError as e:
       raise BadSampleError("template", f"{self.template}: {e}") from None
     try:
