@@ -40,6 +40,7 @@ class Encoded:
   labels: np.ndarray      # int32[n], IGNORE where not supervised
   num_images: int         # images whose tokens survived truncation
   rounds_dropped: int     # rounds cut by truncation
+  rendered: conversation.Rendered | None = None   # the prompt text it was tokenized from
 
 
 def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
@@ -123,7 +124,7 @@ class PromptTokenizer:
     repeats = np.where(is_image, self.num_image_tokens, 1)
     input_ids = np.repeat(np.where(is_image, self.image_token_id, ids), repeats).astype(np.int32)
     labels = np.repeat(np.where(supervised & ~is_image, ids, IGNORE), repeats).astype(np.int32)
-    return Encoded(input_ids, labels, int(is_image.sum()), len(ends) - kept)
+    return Encoded(input_ids, labels, int(is_image.sum()), len(ends) - kept, rendered)
 
   def encode_prompt(self, rendered: conversation.Rendered) -> np.ndarray:
     """int32[n] ids of a generation prompt (render(..., generation=True)), images expanded."""
