@@ -94,15 +94,17 @@ class ChatMixin:
 
   def chat(self, image, prompt: str, *, history: Sequence[tuple[str, str]] = (),
            stream: bool = False, max_new_tokens: int = 256, temperature: float = 0.0,
-           top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = ()):
+           top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
+           system: str | None = None):
     """The answer to `prompt` about `image` (the model's template), or an iterator of pieces.
 
     image: None, a path, encoded bytes, a PIL image or uint8[H, W, 3]; it is shown in the
       first user turn. history: earlier (question, answer) pairs of this conversation.
+    system: replaces the template's system prompt (default: the one the model was trained with).
     The answer is cut to fit the context; a prompt that alone fills it raises PromptError.
     """
     parts = [] if image is None else [_image_part(image)]
-    messages = []
+    messages = [] if system is None else [prompting.Message("system", [system])]
     for q, a in history:
       messages += [prompting.Message("user", parts + [q]), prompting.Message("assistant", [a])]
       parts = []
