@@ -29,7 +29,7 @@ CORPUS = [
 STYLES = ("legacy", "non_legacy", "demo")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build(style: str) -> transformers.PreTrainedTokenizerFast:
   if style == "demo":
     return transformers.AutoTokenizer.from_pretrained(os.path.join(common.DEMO_DIR, "tokenizer"))

@@ -65,7 +65,7 @@ class PromptRecordsTest(absltest.TestCase):
   def test_validate_reports_both_and_strict_start_up_accepts_them(self):
     report = validate.validate(self.path, self.images, template="vicuna_v1")
     self.assertEqual(report.counts(), {"leading_gpt_turn": 1, "special_text_in_answer": 1})
-    found = [p for p in report.problems if p.kind == "special_text_in_answer"][0]
+    found = next(p for p in report.problems if p.kind == "special_text_in_answer")
     self.assertEqual((found.record_id, found.field), ("eos_in_answer", "conversations[1].value"))
     self.assertIn("'</s>', ' ASSISTANT: '", found.message)
     # Strict start-up refuses repaired records (the leading gpt turn), not the info kind.

@@ -28,7 +28,7 @@ A leading gpt turn is dropped (`drop_leading_gpt`), as LLaVA's preprocess does.
 
 import dataclasses
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 IMAGE_MARKER = "<image>"
 HUMAN, GPT = "human", "gpt"
