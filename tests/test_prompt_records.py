@@ -54,6 +54,10 @@ class PromptRecordsTest(absltest.TestCase):
     self.assertEqual(self.tok.decode(supervised), "Yes.</s>")
     self.assertNotIn("Hello", self.tok.decode(encoded.input_ids))
     self.assertEqual([n.split(":")[0] for n in notes], ["leading_gpt_turn"])
+    it = pipeline.make_train_iterator(self.data(), self.model, global_batch_size=2, seed=0)
+    next(it)
+    report = it.skip_report()["total"]
+    self.assertEqual((report["skipped"], report["notes"]), (0, {"leading_gpt_turn": 1}))
 
   def test_special_text_in_an_answer_stays_supervised(self):
     builder = pipeline.SampleBuilder(self.data(), self.model, seed=0)
