@@ -168,7 +168,8 @@ def place_images(turns: Sequence[tuple[str, str]], placement: str,
 
 
 def record_rng(seed: int, index: int) -> random.Random:
-  """The per-record generator for placement 'random' (the same record index draws the same)."""
+  """The per-sample generator for placement 'random': `index` is the sample's position in the
+  stream (pipeline.SampleBuilder), so a resumed iterator draws the same."""
   return random.Random(f"{seed}:{index}")
 
 
