@@ -6,6 +6,9 @@ Prints every problem of every record (by record id and file position), then a su
 (problem kind -> severity, count, first ids). Images are checked by decoding them, so missing,
 empty, truncated and mislabelled files are all found. Exit status: 0, or 1 in `--strict` mode
 when there is any problem (warnings included); 2 if the file itself cannot be read.
+Answers holding `</s>`, `<s>` or a round separator of `--template` (default: every template's)
+are reported as `special_text_in_answer` (info: trained on as written, never refused at start-up;
+LLaVA would mask the whole sample).
 
 Importable: `validate(path, image_dir) -> Report`; training runs `check(config.data)` at
 start-up (file checks without decoding, so it stays quick on large sets; the CLI decodes).
