@@ -4,7 +4,8 @@
               also after a special token, starts a word), the layout LLaVA trained with;
   non_legacy  prepend_scheme="first": only the very start of the string gets the `▁`, as recent
               LLaMA tokenizers (`legacy=False`) do;
-  demo        the tokenizer shipped in data/demo/tokenizer.
+  demo        the tokenizer shipped in data/demo/tokenizer: the layout of LLaMA-2's own
+              tokenizer.json (a Prepend("▁") + Replace(" ", "▁") normalizer, also legacy).
 All have byte fallback, `<unk>`=0 `<s>`=1 `</s>`=2 `<pad>`=3 `<image>`=4.
 """
 
