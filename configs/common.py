@@ -98,7 +98,13 @@ def data_config() -> ml_collections.ConfigDict:
   c.max_len = 256               # tokens per row, padded; the tiny model's 64 image tokens + text
   c.max_images = 1              # M in pixels[B, M, H, W, 3]
   c.image_aspect = "pad"        # "pad" (LLaVA-1.5 expand-to-square) | "crop" (CLIP center crop)
-  c.random_image_position = False  # True: first-turn image before/after the question at random
+  # Where `<image>` goes in a human turn: "front" (LLaVA's training rule: "<image>\n" + text),
+  # "as_written", or "random" (the paper's augmentation, front or after, seeded per record).
+  # `plain` drops the question, so it ignores this.
+  c.image_placement = "front"
+  # Replaces the template's system prompt (vicuna_v1's opening sentence, llama_2's <<SYS>> block);
+  # None: the template's own. Stored with the model, so inference uses the same.
+  c.system_prompt = ml_collections.config_dict.placeholder(str)
   c.num_workers = 2             # Grain worker processes; 0 = decode in the calling process
   c.worker_buffer_size = 2      # elements each worker prepares ahead
   c.skip_reasons_shown = 5      # how many skip reasons the end-of-epoch report prints

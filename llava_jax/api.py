@@ -25,6 +25,7 @@ import numpy as np
 from configs import common
 from llava_jax import chat_api
 from llava_jax import model as model_lib
+from llava_jax import prompting
 from llava_jax import sharding
 from llava_jax.convert import model_dir
 from llava_jax.convert import sources
@@ -46,6 +47,9 @@ class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
   tokenizer: Any                   # transformers tokenizer, or None if the checkpoint had none
   image_size: int
   image_aspect: str                # 'pad' (LLaVA-1.5 expand2square) or 'crop' (CLIP)
+  # Template, image placement and system prompt the model was trained with (chat/serve use them).
+  prompt_settings: prompting.PromptSettings = dataclasses.field(
+      default_factory=prompting.default_settings)
 
   @property
   def image_token_id(self) -> int:
@@ -196,4 +200,5 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, mesh=None,
                      f"got {aspect!r}")
   return LlavaModel(module=module, params=params, model_cfg=model_cfg,
                     tokenizer=tokenizer, image_size=model_cfg.vision.image_size,
-                    image_aspect=aspect)
+                    image_aspect=aspect,
+                    prompt_settings=checkpoint.prompt or prompting.default_settings())

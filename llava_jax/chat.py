@@ -127,6 +127,8 @@ def _define_flags():
   flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("system", None, "System prompt replacing the one the model was trained "
+                      "with (vicuna_v1's opening sentence, llama_2's <<SYS>> block).")
 
 
 def _write(text: str):
@@ -142,7 +144,8 @@ def main(argv):
     image = read_image(f.image) if f.image else None
     model = load_for_chat(f.ckpt)
     session = Session(model, image, dict(max_new_tokens=f.max_new_tokens,
-                                         temperature=f.temperature, top_p=f.top_p, seed=f.seed))
+                                         temperature=f.temperature, top_p=f.top_p, seed=f.seed,
+                                         system=f.system))
     if f.prompt is not None:
       session.ask(f.prompt, _write)
       _write("\n")

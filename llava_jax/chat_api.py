@@ -7,7 +7,7 @@ text = m.chat(image, "What is unusual about this image?")
 for piece in m.chat(image, "And the colours?", history=[(q, text)], stream=True): ...
 ```
 The mixin reads the loaded model's plain fields: `module`, `params`, `model_cfg`, `tokenizer`,
-`image_size`, `image_aspect`. Params sharded on a mesh (`load(path, mesh=...)`,
+`image_size`, `image_aspect`, `prompt_settings` (prompts are built as the model was trained). Params sharded on a mesh (`load(path, mesh=...)`,
 training's rules table) generate sharded, with batches placed as in training.
 """
 
@@ -55,7 +55,8 @@ class ChatMixin:
     return prompting.PromptEncoder(
         self.tokenizer, image_token_id=self.model_cfg.image_token_id,
         num_image_tokens=self.num_image_tokens, image_size=self.image_size,
-        image_aspect=self.image_aspect, context_len=self.context_len)
+        image_aspect=self.image_aspect, context_len=self.context_len,
+        settings=self.prompt_settings)
 
   def encode_messages(self, messages: Sequence[prompting.Message]):
     """(prompt ids, pixels float32[M, S, S, 3]) for chat messages (see prompting.py)."""
@@ -93,15 +94,17 @@ class ChatMixin:
 
   def chat(self, image, prompt: str, *, history: Sequence[tuple[str, str]] = (),
            stream: bool = False, max_new_tokens: int = 256, temperature: float = 0.0,
-           top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = ()):
-    """The answer to `prompt` about `image` (vicuna_v1 template), or an iterator of pieces.
+           top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
+           system: str | None = None):
+    """The answer to `prompt` about `image` (the model's template), or an iterator of pieces.
 
     image: None, a path, encoded bytes, a PIL image or uint8[H, W, 3]; it is shown in the
       first user turn. history: earlier (question, answer) pairs of this conversation.
+    system: replaces the template's system prompt (default: the one the model was trained with).
     The answer is cut to fit the context; a prompt that alone fills it raises PromptError.
     """
     parts = [] if image is None else [_image_part(image)]
-    messages = []
+    messages = [] if system is None else [prompting.Message("system", [system])]
     for q, a in history:
       messages += [prompting.Message("user", parts + [q]), prompting.Message("assistant", [a])]
       parts = []

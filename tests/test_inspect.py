@@ -31,7 +31,7 @@ class InspectTest(absltest.TestCase):
     cls.path = os.path.join(cls.dir, "data.jsonl")
     write_jsonl(cls.path, [
         qa("text_only", "Is the sky blue?", "Yes, it is blue."),
-        qa("with_image", "<image>\nWhat is red?", "The ball is red.", image="img0.png"),
+        qa("with_image", "What is red? <image>", "The ball is red.", image="img0.png"),
         qa("broken", "<image>\nWhat?", image="missing.png"),
     ])
     cls.config = ml_collections.ConfigDict({"seed": 0, "model": common.model_config("tiny"),
@@ -48,7 +48,10 @@ class InspectTest(absltest.TestCase):
     self.assertIn("record with_image (index 1), template vicuna_v1", text)
     self.assertIn("USER: <image x64 @ ", text)
     self.assertIn("ASSISTANT:[[ The ball is red.</s>]]", text)
-    body = text.split("\n\n", 1)[1]
+    # The prompt text as trained: the image moved to the front (LLaVA's rule), answer marked.
+    self.assertIn("prompt text (image placement front):\n<s>A chat between", text)
+    self.assertIn("USER: <image>\nWhat is red? ASSISTANT:[[ The ball is red.</s>]]\n", text)
+    body = text.split("tokens:\n", 1)[1]
     self.assertEqual(body.count("[["), 1)   # only the answer is supervised
     info = inspect.inspect_record(self.config, 1)
     first = info["input_ids"].index(self.config.model.image_token_id)
@@ -74,7 +77,9 @@ class InspectTest(absltest.TestCase):
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     self.assertEqual(done.returncode, 0, done.stderr)
     got = json.loads(done.stdout)
-    self.assertEqual(set(got), {"id", "input_ids", "labels"})
+    self.assertEqual(set(got), {"id", "prompt", "supervised_spans", "input_ids", "labels"})
+    self.assertEqual([got["prompt"][s:e] for s, e in got["supervised_spans"]],
+                     [" The ball is red.</s>"])
     self.assertEqual(got["id"], "with_image")
     ids, labels = np.asarray(got["input_ids"]), np.asarray(got["labels"])
     supervised = labels != tokenize.IGNORE

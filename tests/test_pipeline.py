@@ -240,8 +240,8 @@ class PipelineTest(parameterized.TestCase):
       pipeline.make_train_iterator(self.data(), self.model, global_batch_size=3, seed=0,
                                    process_count=2)
 
-  def test_random_image_position(self):
-    d = self.data(path=self.clean, random_image_position=True)
+  def test_random_image_placement(self):
+    d = self.data(path=self.clean, image_placement="random")
     builder = pipeline.SampleBuilder(d, self.model, seed=0)
     example = pipeline.read_json_examples(self.clean)[0]
     placements = set()

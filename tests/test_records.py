@@ -153,16 +153,25 @@ class CheckConversationTest(parameterized.TestCase):
     self.assertIn("'assistant'", problems[0].message)
 
   @parameterized.named_parameters(
-      ("starts_with_gpt", ["gpt", "human"], "conversations[0].from"),
+      ("gpt_then_two_humans", ["gpt", "human", "human", "gpt"], "conversations[2].from"),
       ("two_humans", ["human", "human", "gpt", "gpt"], "conversations[1].from"),
       ("no_final_answer", ["human", "gpt", "human"], "conversations[2]"),
   )
   def test_roles_must_alternate(self, roles, field):
     turns = [{"from": r, "value": f"turn {i}"} for i, r in enumerate(roles)]
     turns[0 if roles[0] == "human" else 1]["value"] = "<image>\nq"
-    problems = records.check_record(_record(_with(conversations=turns)))
+    problems = [p for p in records.check_record(_record(_with(conversations=turns)))
+                if p.kind != "leading_gpt_turn"]
     self.assertEqual(_kinds(problems), ["roles_not_alternating"])
     self.assertEqual(problems[0].field, field)
+
+  def test_leading_gpt_turn_is_dropped_not_refused(self):
+    # LLaVA drops a conversation's first turn when it is gpt's and trains on the rest.
+    turns = [{"from": r, "value": v} for r, v in
+             [("gpt", "Hello!"), ("human", "<image>\nq"), ("gpt", "a")]]
+    problems = records.check_record(_record(_with(conversations=turns)))
+    self.assertEqual([(p.kind, p.severity, p.field) for p in problems],
+                     [("leading_gpt_turn", "warning", "conversations[0].from")])
 
   def test_empty_turn(self):
     rec = _record(_with(conversations=[{"from": "human", "value": "<image>\nq"},
@@ -267,7 +276,7 @@ class TurnsAndErrorsTest(absltest.TestCase):
 
   def test_every_kind_has_a_severity(self):
     for kind, (severity, text) in records.PROBLEM_KINDS.items():
-      self.assertIn(severity, (records.ERROR, records.WARNING), kind)
+      self.assertIn(severity, (records.ERROR, records.WARNING, records.INFO), kind)
       self.assertTrue(text)
 
 

@@ -1,7 +1,9 @@
 """Our checkpoints -> a llava-hf directory (`to-hf`).
 
 The result loads with `LlavaForConditionalGeneration.from_pretrained` and
-`AutoProcessor.from_pretrained`. Tensors stream out of `hf.params_to_hf` one at a time into
+`AutoProcessor.from_pretrained`. The prompt settings the model was trained with go along as
+`prompt.json` and as `chat_template.jinja` (read by the tokenizer and the processor), so
+`apply_chat_template` builds our prompts. Tensors stream out of `hf.params_to_hf` one at a time into
 safetensors shards of at most `max_shard_bytes`.
 """
 
@@ -9,11 +11,13 @@ import json
 
 import numpy as np
 
+from llava_jax import prompting
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.convert import model_dir
 from llava_jax.convert import sources
 from llava_jax.convert import tensor_files
+from llava_jax.data import chat_template
 
 _DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -58,6 +62,19 @@ def _token_ids(tokenizer_dir) -> dict:
   return {k: v for k, v in ids.items() if v is not None}
 
 
+def _write_chat_template(staging, settings: prompting.PromptSettings) -> None:
+  """prompt.json + chat_template.jinja; a template the source tokenizer carried is replaced."""
+  prompting.write_settings(staging, settings)
+  (staging / "chat_template.jinja").write_text(chat_template.jinja(
+      settings.template, settings.image_placement, settings.system_prompt))
+  (staging / "chat_template.json").unlink(missing_ok=True)
+  tokenizer_config = staging / "tokenizer_config.json"
+  if tokenizer_config.is_file():
+    config = json.loads(tokenizer_config.read_text())
+    if config.pop("chat_template", None) is not None:
+      tokenizer_config.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def export_llava_hf(ckpt: str, out: str, *, overwrite: bool = False, dtype: str | None = None,
                     max_shard_bytes: int = 5 * 10**9) -> list[str]:
   """Writes the checkpoint at `ckpt` (model dir or training workdir) as llava-hf to `out`.
@@ -78,6 +95,7 @@ def export_llava_hf(ckpt: str, out: str, *, overwrite: bool = False, dtype: str 
     llava_cfg.save_pretrained(staging)
     if checkpoint.tokenizer_dir is not None:
       model_dir.copy_tokenizer(checkpoint.tokenizer_dir, staging)
+    _write_chat_template(staging, checkpoint.prompt or prompting.default_settings())
     # Our aspect key is unknown to CLIPImageProcessor.
     preprocessor = {k: v for k, v in checkpoint.preprocessor.items() if k != model_dir.IMAGE_ASPECT}
     model_dir.write_preprocessor(staging, preprocessor)

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import transformers
 
+from llava_jax import prompting
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.convert import model_dir
@@ -34,14 +35,19 @@ def _cast(read: Callable[[str], np.ndarray], dtype: str | None) -> Callable[[str
   return lambda key: read(key).astype(dtype, copy=False)
 
 
-def _write_model_dir(out, read, keys, model_cfg, tokenizer_src, preprocessor, overwrite, dtype):
-  """Converts and saves; shared by both import paths. Nothing lands at `out` on error."""
+def _write_model_dir(out, read, keys, model_cfg, tokenizer_src, preprocessor, overwrite, dtype,
+                     prompt_settings=None):
+  """Converts and saves; shared by both import paths. Nothing lands at `out` on error.
+
+  `prompt_settings`: how the model's prompts are built (default: LLaVA's, vicuna_v1 + front).
+  """
   with model_dir.staged_output(out, overwrite) as staging:
     params = hf.hf_to_params(_cast(read, dtype), keys, model_cfg)
     model_dir.save_params(staging / model_dir.PARAMS, params)
     del params
     model_dir.write_config(staging, model_cfg)
     model_dir.write_preprocessor(staging, preprocessor)
+    prompting.write_settings(staging, prompt_settings or prompting.default_settings())
     if tokenizer_src is not None:
       tokenizer_src(staging / model_dir.TOKENIZER)
 
@@ -61,7 +67,8 @@ def import_llava_hf(hf_dir: str, out: str, *, overwrite: bool = False,
   model_cfg = hf_config.from_hf(llava_cfg)
   reader = tensor_files.TensorReader.from_path(hf_dir)
   _write_model_dir(out, reader.read, reader.keys(), model_cfg, _copy_tokenizer_from(hf_dir),
-                   model_dir.find_preprocessor(hf_dir, model_cfg), overwrite, dtype)
+                   model_dir.find_preprocessor(hf_dir, model_cfg), overwrite, dtype,
+                   prompting.read_settings(hf_dir))
   return model_cfg
 
 

@@ -5,6 +5,7 @@ DIR/params/                   Orbax checkpoint of {'params': tree} (canonical la
 DIR/config.json               {"model": model_cfg.to_dict()}
 DIR/tokenizer/                HF tokenizer files (AutoTokenizer.from_pretrained(DIR/tokenizer))
 DIR/preprocessor_config.json  CLIP image-processor settings (size, crop, mean, std)
+DIR/prompt.json               template, image placement, system prompt (prompting.PromptSettings)
 ```
 Outputs are built in a hidden sibling directory and renamed into place only once complete, so a
 failed conversion leaves nothing at the destination.

@@ -10,6 +10,7 @@ from typing import Any
 import ml_collections
 import transformers
 
+from llava_jax import prompting
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.convert import model_dir
@@ -23,6 +24,7 @@ class Checkpoint:
   params: Any                          # the canonical tree (without the 'params' wrapper)
   tokenizer_dir: pathlib.Path | None   # HF tokenizer files, when the checkpoint has them
   preprocessor: dict                   # CLIP image-processor settings
+  prompt: prompting.PromptSettings | None = None   # template etc. trained with, when stored
 
 
 def _is_training_workdir(path: pathlib.Path) -> bool:
@@ -40,7 +42,7 @@ def _from_model_dir(path: pathlib.Path, target) -> Checkpoint:
                                       None if target is None else {"params": target})
   tokenizer = path / model_dir.TOKENIZER
   return Checkpoint(model_cfg, restored["params"], tokenizer if tokenizer.is_dir() else None,
-                    model_dir.find_preprocessor(path, model_cfg))
+                    model_dir.find_preprocessor(path, model_cfg), prompting.read_settings(path))
 
 
 def _from_llava_hf(path: pathlib.Path, dtype) -> Checkpoint:
@@ -50,7 +52,7 @@ def _from_llava_hf(path: pathlib.Path, dtype) -> Checkpoint:
   params = hf.hf_to_params(read, reader.keys(), model_cfg)
   has_tokenizer = any((path / name).is_file() for name in model_dir.TOKENIZER_FILES)
   return Checkpoint(model_cfg, params, path if has_tokenizer else None,
-                    model_dir.find_preprocessor(path, model_cfg))
+                    model_dir.find_preprocessor(path, model_cfg), prompting.read_settings(path))
 
 
 def _from_training_workdir(path: pathlib.Path, target) -> Checkpoint:
@@ -60,7 +62,8 @@ def _from_training_workdir(path: pathlib.Path, target) -> Checkpoint:
   tokenizer = pathlib.Path(config.data.tokenizer)
   preprocessor = model_dir.default_preprocessor(config.model)
   preprocessor[model_dir.IMAGE_ASPECT] = config.data.image_aspect
-  return Checkpoint(config.model, params, tokenizer if tokenizer.is_dir() else None, preprocessor)
+  return Checkpoint(config.model, params, tokenizer if tokenizer.is_dir() else None, preprocessor,
+                    prompting.settings_from_data_config(config.data))
 
 
 def kind(path: str | pathlib.Path) -> str:

@@ -3,10 +3,11 @@
     python -m llava_jax.data.inspect --config=configs/finetune.py [--config.data.path=...] \\
         --index=N [--json]
 
-Prints the templated text token run by token run, with the supervised spans marked (green on a
-terminal, `[[...]]` otherwise), each image as `<image x64 @ 41..104>` (where its tokens sit),
-and the token count against `data.max_len`. `--json` prints
-`{"id": ..., "input_ids": [...], "labels": [...]}` (unpadded; -100 = not supervised).
+Prints the final prompt text (after image placement and the template) with its supervised
+character spans marked, then the tokenized sequence token run by token run, with the supervised
+tokens marked (green on a terminal, `[[...]]` otherwise), each image as `<image x64 @ 41..104>`
+(where its tokens sit), and the token count against `data.max_len`. `--json` prints
+`{"id", "prompt", "supervised_spans", "input_ids", "labels"}` (unpadded; -100 = not supervised).
 Check a new template or tokenizer with it before spending a pod-day on a run.
 """
 
@@ -74,8 +75,21 @@ def inspect_record(config: ml_collections.ConfigDict, index: int) -> dict:
     builder.pixels_uint8(example, names, encoded.num_images)   # decoding errors skip it too
   except pipeline.BadSampleError as e:
     return {"id": example.id, "skip": str(e)}
-  return {"id": example.id, "input_ids": encoded.input_ids.tolist(),
+  rendered = encoded.rendered
+  return {"id": example.id, "prompt": rendered.text,
+          "supervised_spans": [list(s) for s in rendered.supervised],
+          "input_ids": encoded.input_ids.tolist(),
           "labels": encoded.labels.tolist(), "notes": notes, "images": names}
+
+
+def mark_spans(text: str, spans, color: bool) -> str:
+  """`text` with the supervised character spans marked."""
+  out, at = [], 0
+  for start, end in spans:
+    piece = text[start:end]
+    out += [text[at:start], f"{_GREEN}{piece}{_RESET}" if color else f"[[{piece}]]"]
+    at = end
+  return "".join(out + [text[at:]])
 
 
 def describe(config: ml_collections.ConfigDict, index: int, color: bool) -> str:
@@ -96,6 +110,10 @@ def describe(config: ml_collections.ConfigDict, index: int, color: bool) -> str:
       *(f"note: {n}" for n in info["notes"]),
       f"({legend})",
       "",
+      f"prompt text (image placement {config.data.image_placement}):",
+      mark_spans(info["prompt"], info["supervised_spans"], color),
+      "",
+      "tokens:",
       render_tokens(builder.encoder.tokenizer, ids, labels, config.model.image_token_id, color),
   ]
   return "\n".join(lines)
@@ -107,7 +125,8 @@ def main(argv) -> None:
   index = flags.FLAGS.index
   if flags.FLAGS.json:
     info = inspect_record(config, index)
-    print(json.dumps({k: info[k] for k in ("id", "skip", "input_ids", "labels") if k in info}))
+    keys = ("id", "skip", "prompt", "supervised_spans", "input_ids", "labels")
+    print(json.dumps({k: info[k] for k in keys if k in info}, ensure_ascii=False))
   else:
     print(describe(config, index, color=sys.stdout.isatty()))
 

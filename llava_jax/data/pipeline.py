@@ -39,7 +39,6 @@ import dataclasses
 import functools
 import json
 import os
-import random
 from typing import Any, Iterator
 
 from absl import flags
@@ -135,7 +134,8 @@ class SampleBuilder:
     self.max_len = data_cfg.max_len
     self.max_images = data_cfg.max_images
     self.image_aspect = data_cfg.image_aspect
-    self.random_image_position = data_cfg.random_image_position
+    self.image_placement = data_cfg.image_placement
+    self.system_prompt = data_cfg.system_prompt
     self.image_size = model_cfg.vision.image_size
     self.image_token_id = model_cfg.image_token_id
     self.num_image_tokens = common.num_image_tokens(model_cfg)
@@ -143,12 +143,15 @@ class SampleBuilder:
     self.strict = data_cfg.on_error == "strict"
     if self.template not in conversation.TEMPLATES:
       raise ValueError(f"data.template={self.template!r}; expected one of {conversation.TEMPLATES}")
+    if self.image_placement not in conversation.PLACEMENTS:
+      raise ValueError(f"data.image_placement={self.image_placement!r}; expected one of "
+                       f"{conversation.PLACEMENTS}")
     if self.image_aspect not in image_lib.PREPROCESS_MODES:
       raise ValueError(f"data.image_aspect={self.image_aspect!r}; expected one of "
                        f"{image_lib.PREPROCESS_MODES}")
 
   @property
-  def encoder(self) -> tokenize.SegmentEncoder:
+  def encoder(self) -> tokenize.PromptTokenizer:
     return _cached_encoder(self.tokenizer_path, self.image_token_id, self.num_image_tokens)
 
   def tokens(self, example: Example, index: int = 0):
@@ -167,15 +170,15 @@ class SampleBuilder:
       notes.append(f"{problem.kind}: {problem.field}: {problem.message}")
     names = records_lib.images_of(rec)
     turns = [tuple(t) for t in records_lib.turns_of(rec)]
-    turns, _ = conversation.add_missing_image_markers(turns, len(names))
-    if self.random_image_position:
-      turns = conversation.random_image_position(turns, random.Random(f"{self.seed}:{index}"))
+    turns = conversation.training_turns(turns, num_images=len(names),
+                                        placement=self.image_placement,
+                                        rng=conversation.record_rng(self.seed, index))
     try:
-      rounds = conversation.render(self.template, turns)
+      rendered = self.encoder.render(self.template, turns, system=self.system_prompt)
     except conversation.TemplateError as e:
       raise BadSampleError("template", f"{self.template}: {e}") from None
     try:
-      encoded = self.encoder.encode(rounds, self.max_len)
+      encoded = self.encoder.encode(rendered, self.max_len)
     except tokenize.SampleDropped as e:
       raise BadSampleError("too_long" if "too long" in str(e) else "no_supervised_token",
                            str(e)) from None
@@ -255,8 +258,8 @@ def model_pixels(pixels_BxMxSxSx3: np.ndarray, num_images_B: np.ndarray) -> np.n
 @functools.lru_cache(maxsize=4)
 def _cached_encoder(path: str, image_token_id: int, num_image_tokens: int):
   """One tokenizer per process and path (Grain workers load their own)."""
-  return tokenize.SegmentEncoder(tokenize.load_tokenizer(path), image_token_id=image_token_id,
-                                 num_image_tokens=num_image_tokens)
+  return tokenize.PromptTokenizer(tokenize.load_tokenizer(path), image_token_id=image_token_id,
+                                  num_image_tokens=num_image_tokens)
 
 
 # ---------------------------------------------------------------------------------------------

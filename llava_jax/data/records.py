@@ -31,7 +31,7 @@ from llava_jax.data import image as image_lib
 
 IMAGE_TOKEN = "<image>"
 HUMAN, GPT = "human", "gpt"
-ERROR, WARNING = "error", "warning"
+ERROR, WARNING, INFO = "error", "warning", "info"   # info: reported, trained on as written
 
 # kind -> (severity, what it means). The validator's summary table is keyed by these.
 PROBLEM_KINDS = {
@@ -44,6 +44,9 @@ PROBLEM_KINDS = {
     "unknown_role": (ERROR, "a turn's `from` is not human or gpt"),
     "roles_not_alternating": (ERROR, "turns must alternate human/gpt, start with human, end "
                                      "with gpt"),
+    "leading_gpt_turn": (WARNING, "the first turn is gpt's (dropped, as LLaVA does)"),
+    "special_text_in_answer": (INFO, "an answer holds </s>, <s> or a round separator (trained "
+                                     "on as written; LLaVA masks the whole sample)"),
     "empty_turn": (ERROR, "a turn's text is empty"),
     "bad_image_field": (ERROR, "`image` is not a non-empty string or list of them"),
     "image_token_without_image": (ERROR, "`<image>` in the text but the record has no image"),
@@ -261,15 +264,20 @@ def _conversation_problems(rec: Record) -> list[Problem]:
       problems.append(_problem(rec, f"{field}.value", "image_token_in_answer",
                                f"{IMAGE_TOKEN} appears in an answer"))
   if all(r in (HUMAN, GPT) for r in roles):
-    for i, role in enumerate(roles):
-      expected = HUMAN if i % 2 == 0 else GPT
+    first = 0
+    if len(roles) > 1 and roles[0] == GPT:
+      problems.append(_problem(rec, "conversations[0].from", "leading_gpt_turn",
+                               "the first turn is gpt's; it is dropped"))
+      first = 1
+    for i, role in enumerate(roles[first:], start=first):
+      expected = HUMAN if (i - first) % 2 == 0 else GPT
       if role != expected:
         problems.append(_problem(rec, f"conversations[{i}].from", "roles_not_alternating",
                                  f"turn {i} is {role!r}; expected {expected!r} (human/gpt "
                                  "alternate, human first)"))
         break
     else:
-      if len(roles) % 2:
+      if (len(roles) - first) % 2:
         problems.append(_problem(rec, f"conversations[{len(roles) - 1}]", "roles_not_alternating",
                                  "ends with a human turn that has no answer"))
   return problems

@@ -1,21 +1,14 @@
-"""Rounds of prompt segments → input_ids and labels, segment by segment.
+"""The one prompt builder's token half: a rendered prompt → input_ids and labels, in one pass.
 
-Every segment is tokenized on its own and labelled by its role, so a label can never drift
-from its token (LLaVA's `preprocess_v1` instead re-tokenizes the whole prompt and masks by
-length arithmetic, which silently masks whole samples on a "tokenization mismatch").
-
-How a text segment is encoded (`add_special_tokens=False`):
-  * after a special token (BOS, EOS, image) or at the start: `encode(text)` — the tokenizer's
-    own behaviour at the start of a text run. For a LLaMA (SentencePiece-style) tokenizer that
-    adds the "▁" dummy prefix, as LLaMA's legacy tokenizer (the one LLaVA trained with) does
-    after special tokens and LLaVA's `tokenizer_image_token` does after `<image>`.
-  * continuing text (the answer after "ASSISTANT:"): the template puts the separating space
-    at the segment's front; a dummy-prefix tokenizer gets `encode(text[1:])`, whose "▁"
-    stands for that space, so "ASSISTANT:" + " a" tokenizes as "ASSISTANT:▁a" does. Tokenizers
-    without a dummy prefix (byte-level BPE) get `encode(text)`.
-Special tokens are inserted by id; each image becomes `num_image_tokens` copies of
-`image_token_id`. Labels are the token ids where supervised, IGNORE (-100) elsewhere, aligned
-with input_ids (the train step shifts them).
+`conversation.render` gives the whole prompt as one string with character spans of supervised
+text; `PromptTokenizer.encode` tokenizes that string once (`add_special_tokens=False`: BOS, EOS
+and `<image>` are in the text and read as the tokenizer's special tokens) with the fast
+tokenizer's offset mapping, and a token is supervised when its first character lies in a
+supervised span. So the ids are exactly the tokenization of the prompt text, for any tokenizer:
+what LLaVA's `tokenizer_image_token` gives on the legacy LLaMA tokenizer it trained with, what
+our inference builds, and what the exported chat template gives in transformers. Each `<image>`
+id then becomes `num_image_tokens` copies of `image_token_id`. Labels are the token ids where
+supervised, IGNORE (-100) elsewhere, aligned with input_ids (the train step shifts them).
 
 Truncation keeps whole rounds: the sample is cut after the last complete answer that fits in
 `max_len`, so image tokens are never split; a sample with no supervised token left raises
@@ -24,7 +17,6 @@ Truncation keeps whole rounds: the sample is cut after the last complete answer 
 
 import dataclasses
 import os
-from typing import Sequence
 
 import numpy as np
 import transformers
@@ -38,12 +30,17 @@ class SampleDropped(ValueError):
   """The sample has no supervised token within max_len (or at all)."""
 
 
+class TokenizerError(ValueError):
+  """A tokenizer the prompt builder cannot use (no offsets, no `<image>` token, ...)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoded:
   input_ids: np.ndarray   # int32[n]
   labels: np.ndarray      # int32[n], IGNORE where not supervised
   num_images: int         # images whose tokens survived truncation
   rounds_dropped: int     # rounds cut by truncation
+  rendered: conversation.Rendered | None = None   # the prompt text it was tokenized from
 
 
 def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
@@ -61,81 +58,77 @@ def pad_id(tokenizer) -> int:
   raise ValueError("tokenizer has neither a pad nor an unk token to pad with")
 
 
-class SegmentEncoder:
-  """Encodes rounds of `conversation.Segment`s for one tokenizer and image-token layout."""
+def _name(tokenizer) -> str:
+  return f"{type(tokenizer).__name__}({getattr(tokenizer, 'name_or_path', '') or 'in memory'})"
+
+
+class PromptTokenizer:
+  """Tokenizes rendered prompts for one tokenizer and image-token layout."""
 
   def __init__(self, tokenizer, *, image_token_id: int, num_image_tokens: int):
+    if not getattr(tokenizer, "is_fast", False):
+      raise TokenizerError(
+          f"tokenizer {_name(tokenizer)} cannot give character offsets (not a fast tokenizer); "
+          "the prompt builder needs them to label tokens: save it as tokenizer.json "
+          "(transformers' PreTrainedTokenizerFast)")
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-      raise ValueError("tokenizer needs BOS and EOS tokens")
-    marker_id = tokenizer.convert_tokens_to_ids(conversation.IMAGE_MARKER)
-    if marker_id not in (None, tokenizer.unk_token_id) and marker_id != image_token_id:
-      raise ValueError(f"tokenizer maps {conversation.IMAGE_MARKER} to {marker_id} but the model "
-                       f"expects image_token_id={image_token_id}")
+      raise TokenizerError(f"tokenizer {_name(tokenizer)} needs BOS and EOS tokens")
+    marker = tokenizer.encode(conversation.IMAGE_MARKER, add_special_tokens=False)
+    if len(marker) != 1 or marker[0] == tokenizer.unk_token_id:
+      raise TokenizerError(f"tokenizer {_name(tokenizer)} has no {conversation.IMAGE_MARKER} "
+                           "token (convert from-hf adds it)")
+    if marker[0] != image_token_id:
+      raise TokenizerError(f"tokenizer maps {conversation.IMAGE_MARKER} to {marker[0]} but the "
+                           f"model expects image_token_id={image_token_id}")
     self.tokenizer = tokenizer
     self.image_token_id = image_token_id
     self.num_image_tokens = num_image_tokens
     self.pad_id = pad_id(tokenizer)
-    first = tokenizer.convert_ids_to_tokens(tokenizer.encode("a", add_special_tokens=False))[0]
-    self.dummy_prefix = first.startswith("\u2581")   # "▁": SentencePiece-style word start
-    self._special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id}
+    self.bos, self.eos = tokenizer.bos_token, tokenizer.eos_token
 
-  def encode_text(self, text: str, run_start: bool) -> list[int]:
-    if not run_start and self.dummy_prefix and text.startswith(" "):
-      text = text[1:]
-    if not text:
-      return []
-    return self.tokenizer.encode(text, add_special_tokens=False)
+  def render(self, template: str, turns, **kwargs) -> conversation.Rendered:
+    """conversation.render with this tokenizer's BOS / EOS strings."""
+    return conversation.render(template, turns, bos=self.bos, eos=self.eos, **kwargs)
 
-  def encode_round(self, segments: conversation.Round,
-                   run_start: bool = True) -> tuple[list[int], list[int], int]:
-    """(ids, labels, images) of one round; `run_start`: the previous token was special."""
-    ids, labels, images = [], [], 0
-    for seg in segments:
-      if seg.kind == "text":
-        new = self.encode_text(seg.text, run_start)
-        run_start = False
-      elif seg.kind == "image":
-        new = [self.image_token_id] * self.num_image_tokens
-        images += 1
-        run_start = True
-      else:
-        new = [self._special[seg.kind]]
-        run_start = True
-      ids += new
-      labels += new if seg.supervised else [IGNORE] * len(new)
-    return ids, labels, images
+  def tokens(self, rendered: conversation.Rendered):
+    """(ids int64[t], supervised bool[t], start char int64[t]) of one tokenization, unexpanded."""
+    out = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(out["input_ids"], np.int64)
+    starts = np.asarray(out["offset_mapping"], np.int64).reshape(-1, 2)[:, 0]
+    supervised = np.zeros(len(ids), bool)
+    for start, end in rendered.supervised:
+      supervised |= (starts >= start) & (starts < end)
+    return ids, supervised, starts
 
-  def encode(self, rounds: Sequence[conversation.Round], max_len: int | None = None) -> Encoded:
-    """Encodes whole rounds, keeping as many leading rounds as fit in max_len."""
-    ids, labels, images, kept = [], [], 0, 0
-    for i, rnd in enumerate(rounds):
-      r_ids, r_labels, r_images = self.encode_round(rnd, _starts_run(rounds, i))
-      if max_len is not None and len(ids) + len(r_ids) > max_len:
-        break
-      ids += r_ids
-      labels += r_labels
-      images += r_images
-      kept += 1
+  def encode(self, rendered: conversation.Rendered, max_len: int | None = None) -> Encoded:
+    """Image-expanded ids and labels, keeping as many leading rounds as fit in max_len."""
+    ids, supervised, starts = self.tokens(rendered)
+    is_image = ids == self.image_token_id
+    if is_image.sum() != rendered.text.count(conversation.IMAGE_MARKER):
+      raise TokenizerError(f"tokenizer {_name(self.tokenizer)} did not read every "
+                           f"{conversation.IMAGE_MARKER} as one token")
+    expanded_len = np.cumsum(np.where(is_image, self.num_image_tokens, 1))
+    # Tokens per kept round count: every round ends right after a special token (EOS or the
+    # prompt's end), so no token straddles a cut.
+    ends = [int(np.searchsorted(starts, end)) for end in rendered.round_ends]
+    kept = len(ends)
+    if max_len is not None:
+      kept = sum(1 for n in ends if n == 0 or expanded_len[n - 1] <= max_len)
     if kept == 0:
-      need = len(self.encode_round(rounds[0])[0]) if rounds else 0
-      raise SampleDropped(f"too long: the first round alone needs {need} tokens > "
-                          f"max_len={max_len}")
-    if all(l == IGNORE for l in labels):
+      raise SampleDropped(f"too long: the first round alone needs "
+                          f"{int(expanded_len[ends[0] - 1])} tokens > max_len={max_len}")
+    n = ends[kept - 1]
+    ids, supervised, is_image = ids[:n], supervised[:n], is_image[:n]
+    if not supervised.any() and rendered.supervised:
       raise SampleDropped("no supervised token")
-    return Encoded(np.asarray(ids, np.int32), np.asarray(labels, np.int32), images,
-                   len(rounds) - kept)
+    repeats = np.where(is_image, self.num_image_tokens, 1)
+    input_ids = np.repeat(np.where(is_image, self.image_token_id, ids), repeats).astype(np.int32)
+    labels = np.repeat(np.where(supervised & ~is_image, ids, IGNORE), repeats).astype(np.int32)
+    return Encoded(input_ids, labels, int(is_image.sum()), len(ends) - kept, rendered)
 
-  def encode_prompt(self, rounds: Sequence[conversation.Round]) -> np.ndarray:
-    """int32[n] ids of a generation prompt (conversation.render(..., generation=True))."""
-    ids: list[int] = []
-    for i, rnd in enumerate(rounds):
-      ids += self.encode_round(rnd, _starts_run(rounds, i))[0]
-    return np.asarray(ids, np.int32)
-
-
-def _starts_run(rounds: Sequence[conversation.Round], i: int) -> bool:
-  """Whether round i starts a text run (first round, or the previous one ended special)."""
-  return i == 0 or not rounds[i - 1] or rounds[i - 1][-1].kind != "text"
+  def encode_prompt(self, rendered: conversation.Rendered) -> np.ndarray:
+    """int32[n] ids of a generation prompt (render(..., generation=True)), images expanded."""
+    return self.encode(rendered).input_ids
 
 
 def pad_to(encoded: Encoded, max_len: int, pad: int) -> dict[str, np.ndarray]:

@@ -6,6 +6,9 @@ Prints every problem of every record (by record id and file position), then a su
 (problem kind -> severity, count, first ids). Images are checked by decoding them, so missing,
 empty, truncated and mislabelled files are all found. Exit status: 0, or 1 in `--strict` mode
 when there is any problem (warnings included); 2 if the file itself cannot be read.
+Answers holding `</s>`, `<s>` or a round separator of `--template` (default: every template's)
+are reported as `special_text_in_answer` (info: trained on as written, never refused at start-up;
+LLaVA would mask the whole sample).
 
 Importable: `validate(path, image_dir) -> Report`; training runs `check(config.data)` at
 start-up (file checks without decoding, so it stays quick on large sets; the CLI decodes).
@@ -22,6 +25,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from llava_jax.data import conversation
 from llava_jax.data import records as records_lib
 
 
@@ -66,20 +70,24 @@ class Report:
     return "\n".join(lines)
 
   def raise_if_problems(self) -> None:
-    """Strict mode: a RecordError naming the first problem, and how many there are."""
-    if self.problems:
-      first = self.problems[0].error()
+    """Strict mode: a RecordError naming the first problem (info kinds are trained on)."""
+    refused = [p for p in self.problems if p.severity != records_lib.INFO]
+    if refused:
+      first = refused[0].error()
       raise records_lib.RecordError(
           first.record_id, first.field,
-          f"{first.reason} [{first.kind}] (and {len(self.problems) - 1} more problems; run "
+          f"{first.reason} [{first.kind}] (and {len(refused) - 1} more problems; run "
           f"python -m llava_jax.data.validate --data={self.path} for all)",
           kind=first.kind, where=first.where)
 
 
 def validate(path: str | os.PathLike, image_dir: str | os.PathLike | None, *,
              decode_images: bool = True, max_images: int | None = None,
-             allow_format_mismatch: bool = False, num_threads: int | None = None) -> Report:
+             allow_format_mismatch: bool = False, num_threads: int | None = None,
+             template: str | None = None) -> Report:
   """Checks every record of `path` (and its images under `image_dir`, unless None).
+
+  `template`: the round separators looked for in answers (None: every template's).
 
   Image decoding runs on `num_threads` threads (Pillow decodes without the GIL); default: CPUs.
   Raises RecordError if the file as a whole is not readable JSON.
@@ -89,12 +97,27 @@ def validate(path: str | os.PathLike, image_dir: str | os.PathLike | None, *,
   def check(entry):
     return records_lib.check_record(entry, image_dir, decode_images=decode_images,
                                     max_images=max_images,
-                                    allow_format_mismatch=allow_format_mismatch)
+                                    allow_format_mismatch=allow_format_mismatch) + (
+                                        _answer_problems(entry, template))
 
   threads = num_threads or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
     problems = [p for found in pool.map(check, entries) for p in found]
   return Report(os.fspath(path), len(entries), problems)
+
+
+def _answer_problems(entry, template: str | None) -> list[records_lib.Problem]:
+  """Answers holding special-token text or a round separator (kind special_text_in_answer)."""
+  if isinstance(entry, records_lib.BadLine):
+    return []
+  turns = entry.data.get("conversations")
+  if not isinstance(turns, list):
+    return []
+  pairs = [(t.get("from"), t.get("value")) if isinstance(t, dict) and isinstance(
+      t.get("value"), str) else (None, "") for t in turns]
+  return [records_lib.Problem(entry.id, entry.where, f"conversations[{i}].value",
+                              "special_text_in_answer", message)
+          for i, message in conversation.answer_problems(pairs, template)]
 
 
 def check(data_config: ml_collections.ConfigDict,
@@ -113,7 +136,7 @@ def check(data_config: ml_collections.ConfigDict,
                  data_config.path)
     return None
   report = validate(data_config.path, data_config.image_dir, decode_images=decode_images,
-                    max_images=data_config.max_images)
+                    max_images=data_config.max_images, template=data_config.template)
   if report.clean:
     logging.info("validate: %d records in %s, no problems", report.num_records, report.path)
     return report
@@ -135,6 +158,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("max_images", None, "Images per record the model takes.")
   flags.DEFINE_bool("allow_format_mismatch", False,
                     "Accept images whose content differs from the extension.")
+  flags.DEFINE_enum("template", None, list(conversation.TEMPLATES),
+                    "Template whose round separators are looked for in answers (default: all).")
   flags.DEFINE_integer("threads", None, "Decoding threads (default: CPUs).")
   flags.DEFINE_integer("max_ids", 3, "Record ids listed per row of the summary.")
 
@@ -144,7 +169,8 @@ def main(argv) -> int:
   f = flags.FLAGS
   try:
     report = validate(f.data, f.images, decode_images=f.decode, max_images=f.max_images,
-                      allow_format_mismatch=f.allow_format_mismatch, num_threads=f.threads)
+                      allow_format_mismatch=f.allow_format_mismatch, num_threads=f.threads,
+                      template=f.template)
   except (records_lib.RecordError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,8 +1,8 @@
 """`AnswerFn` over a model loaded in this process: batched greedy (or sampled) generation.
 
 Each prompt becomes one user message (its image first, as LLaVA's evaluation scripts put it)
-through the model's own chat encoding (`encode_messages`: vicuna_v1 template, `<image>`
-expansion, CLIP preprocessing); a batch is decoded together by `model.generate`. A prompt that
+through the model's own chat encoding (`encode_messages`: the model's template and image
+placement, `<image>` expansion, CLIP preprocessing); a batch is decoded together by `model.generate`. A prompt that
 does not fit the context is answered with "" (scored as wrong) instead of stopping the run.
 """
 
