@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from llava_jax import checkpoint
+from llava_jax import config_check
 from llava_jax import sharding
 from llava_jax.model import splash
 from llava_jax.train import init as init_lib
@@ -42,9 +43,7 @@ def total_steps(config: ml_collections.ConfigDict, num_records: int) -> int:
 
 def check_train_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Fails early on settings that would only break later (or silently)."""
-  if config.train.on_nonfinite not in ("stop", "skip"):
-    raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r}; "
-                     "expected 'stop' or 'skip'")
+  config_check.check(config)
   if config.data.max_len > config.model.llm.max_len:
     raise ValueError(f"config.data.max_len={config.data.max_len} exceeds the decoder's "
                      f"context config.model.llm.max_len={config.model.llm.max_len} (positions "
@@ -102,6 +101,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   `data` replaces the pipeline over `config.data` (e.g. from a notebook or a test).
   """
   workdir = pathlib.Path(workdir).absolute()
+  config_check.check(config)
   mesh = sharding.make_mesh(config.mesh)
   check_train_config(config, mesh)
   own_data = data is None
