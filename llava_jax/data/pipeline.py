@@ -199,13 +199,10 @@ class SampleBuilder:
           raise image_lib.ImageError(name, "missing_image", "image was unreadable at prepare time")
         else:
           decoded = image_lib.decode_image(example.image_bytes[i], name=name)
+        out[i] = image_lib.resize_and_crop(decoded, self.image_size, self.image_aspect, name)
       except image_lib.ImageError as e:
         field = "image" if len(names) == 1 else f"image[{i}]"
         raise BadSampleError(e.kind, f"{field}: {e}") from None
-      if self.image_aspect == "pad":
-        decoded = image_lib.expand_to_square(decoded)
-      out[i] = image_lib.center_crop(image_lib.resize_shortest_side(decoded, self.image_size),
-                                     self.image_size)
     return out
 
   def build(self, example: Example, index: int = 0) -> dict[str, np.ndarray]:
@@ -229,6 +226,10 @@ class SampleBuilder:
       row, meta["notes"] = self.build_with_notes(example, index)
     except BadSampleError as e:
       meta["skip"] = str(e)
+      return meta
+    except Exception as e:  # noqa: BLE001 - the record boundary: one bad record never kills a
+      # worker; it is counted and named like any other (strict mode stops on it).
+      meta["skip"] = f"{records_lib.BUILD_ERROR}: {example.where}: {type(e).__name__}: {e}"
       return meta
     return {**meta, **row}
 
