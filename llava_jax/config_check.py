@@ -9,9 +9,11 @@ in `train.loop.check_train_config`.
 """
 
 import importlib.util
+import math
 import pathlib
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
@@ -59,7 +61,7 @@ def _int_at_least(low: int, extra: tuple = ()) -> Callable[[Any], str | None]:
 
 def _number_in(low: float, high: float = float("inf"), low_open: bool = False):
   def check(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
       return f"expected a number in {'(' if low_open else '['}{low}, {high}]"
     if value < low or (low_open and value == low) or value > high:
       return f"expected a number in {'(' if low_open else '['}{low}, {high}]"

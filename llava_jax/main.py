@@ -24,6 +24,9 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
+  # ml_collections reads --config while the flag is defined: name a bad preset or field first.
+  if problem := config_check.command_line_problem(sys.argv[1:], DEFAULT_CONFIG):
+    sys.exit(f"error: {problem}")
   config_flags.DEFINE_config_file(
       "config", DEFAULT_CONFIG,
       "Training config file, optionally with ':PRESET'.", lock_config=True)
@@ -63,8 +66,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # ml_collections reads --config while the flag is defined: name a bad preset or field first.
-  if problem := config_check.command_line_problem(sys.argv[1:], DEFAULT_CONFIG):
-    sys.exit(f"error: {problem}")
   _define_flags()
   app.run(main)

@@ -2,6 +2,8 @@
 
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import absltest
@@ -9,6 +11,7 @@ import jax
 import numpy as np
 
 from llava_jax import checkpoint
+from llava_jax.convert import sources
 from llava_jax.train import loop
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import resume
@@ -97,6 +100,27 @@ class ResumeTest(absltest.TestCase):
     self.assertIn("changed schedule (train.allow_config_change=true)", "\n".join(logs.output))
     self.assertIn('"batch_size": 8', (workdir / "config.previous-1.json").read_text())
     self.assertIn('"batch_size": 16', (workdir / "config.json").read_text())
+
+  def test_export_and_load_read_the_newest_intact_step(self):
+    workdir = self.copy("export")
+    steps = checkpoint.checkpoints_dir(workdir)
+    step_2 = checkpoint.restore_params(steps / "2")
+    _flip_a_bit_in_the_arrays(steps / "4")
+    with self.assertLogs(level="WARNING") as logs:
+      loaded = sources.read_checkpoint(workdir)   # what to-hf and llava_jax.load read
+    self.assertRegex("\n".join(logs.output), r"checkpoints/4/state/.*checksum mismatch")
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, step_2)
+    # Every step damaged: to-hf exits naming them, not with an Orbax traceback.
+    for file in [p for p in (steps / "2" / checkpoint.STATE).rglob("*") if p.is_file()]:
+      if file.stat().st_size > 1000:
+        file.write_bytes(file.read_bytes()[:100])   # truncated
+    result = subprocess.run(
+        [sys.executable, "-m", "llava_jax.convert", "to-hf", f"--ckpt={workdir}",
+         f"--out={self.tmp / 'export_hf'}"], capture_output=True, text=True, timeout=300,
+        cwd=pathlib.Path(__file__).absolute().parents[1])
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("no intact step", result.stderr)
+    self.assertNotIn("Event loop is closed", result.stderr)
 
   def test_a_torn_metrics_line_is_dropped_with_a_warning(self):
     workdir = self.copy("torn")
