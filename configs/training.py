@@ -48,6 +48,9 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   # final hidden states, never holding all logits (llava_jax/train/loss.py).
   c.train.loss_chunk_len = 0
   c.train.log_every_steps = 1 if demo else 10
+  # Resuming with other steps / epochs / batch size / lr / warmup than the checkpoint was saved
+  # with stops the run unless this is true (the change is then logged).
+  c.train.allow_config_change = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = lr                      # peak; linear warmup then cosine decay to 0
@@ -65,6 +68,9 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   c.checkpoint.every_steps = 200 if demo else 1000   # and always at the end
   c.checkpoint.max_to_keep = 2
   c.checkpoint.async_save = True
+  # A damaged newest step (checksum mismatch, missing file) falls back to the newest intact one,
+  # with a warning; true refuses instead.
+  c.checkpoint.strict_restore = False
 
   c.mesh = common.mesh_config()
   if not demo:

@@ -6,12 +6,14 @@ Re-running on a workdir with checkpoints resumes from the latest one.
 
 import logging
 import pathlib
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from llava_jax import config_check
 from llava_jax import quiet
 from llava_jax import sharding
 
@@ -19,14 +21,18 @@ from llava_jax import sharding
 quiet.install()
 
 _REPO_ROOT = pathlib.Path(__file__).absolute().parents[1]
+DEFAULT_CONFIG = str(_REPO_ROOT / "configs" / "finetune.py")
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
+  # ml_collections reads --config while the flag is defined: name a bad preset or field first.
+  if problem := config_check.command_line_problem(sys.argv[1:], DEFAULT_CONFIG):
+    sys.exit(f"error: {problem}")
   config_flags.DEFINE_config_file(
-      "config", str(_REPO_ROOT / "configs" / "finetune.py"),
+      "config", DEFAULT_CONFIG,
       "Training config file, optionally with ':PRESET'.", lock_config=True)
   flags.DEFINE_string(
       "workdir", None, "Checkpoints, metrics and config go here "
@@ -49,6 +55,10 @@ class _QuietOrbax(logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config_check.check(FLAGS.config)   # before anything heavy: a typo costs a second
+  except config_check.ConfigError as e:
+    sys.exit(f"error: {e}")
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   sharding.initialize_distributed()
   # Imported after distributed init: nothing may touch the JAX backend before it.

@@ -3,6 +3,7 @@
 import io
 import os
 import tempfile
+import tracemalloc
 from unittest import mock
 import warnings
 
@@ -242,6 +243,58 @@ class DecodeTest(parameterized.TestCase):
       with self.assertRaisesRegex(image_lib.ImageError, "big.png: .*pixels") as cm:
         image_lib.decode_image(data, name="big.png")
     self.assertEqual(cm.exception.kind, "image_too_large")
+
+  def test_a_fifo_is_refused_without_blocking(self):
+    path = os.path.join(self.dir, "pipe.png")
+    os.mkfifo(path)
+    with self.assertRaisesRegex(image_lib.ImageError, "pipe.png: not a regular file") as cm:
+      image_lib.load_image(path)   # would block forever in open() + read()
+    self.assertEqual(cm.exception.kind, "not_a_file")
+    with self.assertRaisesRegex(image_lib.ImageError, "not a regular file"):
+      image_lib.check_image_file(path)
+
+  def test_bad_names_are_named(self):
+    with self.assertRaisesRegex(image_lib.ImageError, "not a usable file name") as cm:
+      image_lib.load_image(os.path.join(self.dir, "a\x00b.png"))
+    self.assertEqual(cm.exception.kind, "bad_image_path")
+    long_name = os.path.join(self.dir, "x" * 300 + ".png")
+    with self.assertRaisesRegex(image_lib.ImageError, "xxx.png: cannot open .*too long") as cm:
+      image_lib.load_image(long_name)
+    self.assertEqual(cm.exception.kind, "unreadable_image")
+    with self.assertRaises(image_lib.ImageError):
+      image_lib.check_image_file(long_name)
+
+  def test_thin_image_is_refused_from_its_header(self):
+    data = _encode(np.zeros((10, 10000, 3), np.uint8), "PNG")
+    with mock.patch.object(Image.Image, "load", side_effect=AssertionError("decoded")):
+      with self.assertRaisesRegex(image_lib.ImageError, "thin.png: 10000x10 pixels is thinner "
+                                                        "than 1:50") as cm:
+        image_lib.decode_image(data, name="thin.png")
+    self.assertEqual(cm.exception.kind, "bad_geometry")
+    with self.assertRaisesRegex(image_lib.ImageError, "10000x10"):
+      image_lib.preprocess(np.zeros((10, 10000, 3), np.uint8), 336, "pad")
+
+  @parameterized.parameters((100, 5000), (5000, 100))
+  def test_pad_mode_of_a_thin_image_never_builds_the_square(self, h, w):
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)
+    tracemalloc.start()
+    try:
+      image_lib.preprocess(image, 336, "pad")
+      peak = tracemalloc.get_traced_memory()[1]
+    finally:
+      tracemalloc.stop()
+    square = 5000 * 5000 * 3
+    self.assertLess(peak, square / 8, peak)   # about 4 MB here; the square alone is 75 MB
+
+  @parameterized.parameters((10, 300), (300, 10), (37, 500), (500, 37), (45, 1000), (7, 333))
+  def test_pad_band_matches_the_whole_square_within_one_level(self, h, w):
+    image = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8)
+    for size in (17, 64, 224):
+      whole = image_lib.resize_shortest_side(image_lib.expand_to_square(image), size)
+      band = image_lib.pad_and_resize(image, size)
+      self.assertEqual(band.shape, (size, size, 3))
+      self.assertLessEqual(np.abs(whole.astype(int) - band).max(), 1)
+      self.assertLess(np.mean(whole != band), 1e-3)
 
   def test_error_kinds_are_listed(self):
     for kind in ("missing_image", "empty_image", "format_mismatch", "truncated_image",

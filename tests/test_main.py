@@ -53,8 +53,11 @@ class MainTest(absltest.TestCase):
     self.assertIn(f"SIGTERM: saving step {last}", output)
     self.assertEqual(ocp.utils.checkpoint_steps(checkpoint.checkpoints_dir(workdir)), [last])
 
-    # 2. The same command resumes from that step and runs to the (now nearer) end.
-    result = subprocess.run(command + [f"--config.train.steps={last + 2}"], cwd=REPO, env=env,
+    # 2. The same command resumes from that step and runs to the (now nearer) end; a changed
+    # step count must be allowed explicitly.
+    result = subprocess.run(command + [f"--config.train.steps={last + 2}",
+                                       "--config.train.allow_config_change=true"],
+                            cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=400)
     output = result.stdout.decode()
     self.assertEqual(result.returncode, 0, output[-3000:])

@@ -57,8 +57,8 @@ def _from_llava_hf(path: pathlib.Path, dtype) -> Checkpoint:
 
 def _from_training_workdir(path: pathlib.Path, target) -> Checkpoint:
   from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top  # training-side deps
-  config = checkpoint.read_config(path)   # the config saved with the latest committed step
-  params = checkpoint.restore_params(path, target)
+  # Config and params of the same newest intact (checksum-verified) step.
+  config, params = checkpoint.read_config_and_params(path, lambda _: target)
   tokenizer = pathlib.Path(config.data.tokenizer)
   preprocessor = model_dir.default_preprocessor(config.model)
   preprocessor[model_dir.IMAGE_ASPECT] = config.data.image_aspect

@@ -13,17 +13,24 @@ Decoding (`load_image`, `decode_image`):
   `convert_to_rgb` does; LLaVA converts before its processor ever sees the alpha channel).
   16-bit grayscale is scaled to 8 bits first (PIL would clip it to white).
 - Every failure raises `ImageError(source, kind, reason)`; `kind` is one of `IMAGE_ERROR_KINDS`.
-  Images over Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, ~89 Mpx) are refused.
+  Only regular files are read (a FIFO never hangs a worker). The geometry is checked from the
+  header before decoding (`check_geometry`): over Pillow's decompression-bomb limit
+  (`Image.MAX_IMAGE_PIXELS`, ~89 Mpx) or thinner than 1:`MAX_ASPECT_RATIO` is refused.
   Unreadable EXIF metadata is ignored (the picture is kept as stored).
 
 Preprocessing (`preprocess`): transformers' `CLIPImageProcessor` step for step: bicubic resize of
 the shortest side (PIL), center crop, rescale by 1/255, normalize with CLIP's mean/std. Mode `pad`
-first expands to a square with the mean colour, as LLaVA-1.5's `expand2square`.
+first expands to a square with the mean colour, as LLaVA-1.5's `expand2square`; it resizes only
+the band of that square the picture touches (`pad_and_resize`), so a thin image never
+materializes a full-size square.
 """
 
 from collections.abc import Sequence
 import io
+import math
 import os
+import stat
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -37,7 +44,15 @@ CLIP_MEAN_RGB = tuple(int(m * 255) for m in CLIP_MEAN)
 
 PREPROCESS_MODES = ("pad", "crop")
 IMAGE_ERROR_KINDS = ("missing_image", "empty_image", "format_mismatch", "truncated_image",
-                     "undecodable_image", "image_too_large")
+                     "undecodable_image", "image_too_large", "bad_geometry", "not_a_file",
+                     "unreadable_image", "bad_image_path")
+# Longest side / shortest side. Thinner images hold next to nothing once fit into a square (a
+# 10000x10 strip pads to a 336x0.3 band) and would cost a huge crop in mode "crop".
+MAX_ASPECT_RATIO = 50
+
+# Pillow warns between 1x and 2x its pixel limit and raises above; as its docs advise, make the
+# warning an error so every image over the limit is refused the same way.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 # File extension -> the Pillow formats its content may have (MPO: multi-picture JPEG from cameras).
 _EXTENSION_FORMATS = {
@@ -58,21 +73,76 @@ class ImageError(ValueError):
 
 
 def load_image(path: str | os.PathLike, *, allow_format_mismatch: bool = False) -> np.ndarray:
-  """Reads and decodes an image file. Returns uint8[H, W, 3]; raises ImageError."""
+  """Reads and decodes an image file. Returns uint8[H, W, 3]; raises ImageError (only)."""
   path = os.fspath(path)
+  return decode_image(read_image_file(path), name=path,
+                      allow_format_mismatch=allow_format_mismatch)
+
+
+def read_image_file(path: str) -> bytes:
+  """The bytes of a regular file; ImageError for anything else (missing, FIFO, bad name...).
+
+  Opened non-blocking and checked with fstat before reading, so a FIFO or device never hangs.
+  """
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
   except FileNotFoundError:
     raise ImageError(path, "missing_image", "image file not found") from None
-  except (IsADirectoryError, PermissionError) as e:
-    raise ImageError(path, "missing_image", f"cannot read image file ({e.strerror})") from None
-  return decode_image(data, name=path, allow_format_mismatch=allow_format_mismatch)
+  except ValueError as e:   # a NUL byte in the name
+    raise ImageError(repr(path), "bad_image_path", f"not a usable file name ({e})") from None
+  except OSError as e:      # directory, permission, name too long, loops, ...
+    raise ImageError(path, "unreadable_image",
+                     f"cannot open image file ({e.strerror or e})") from None
+  try:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+      raise ImageError(path, "not_a_file", "not a regular file (a FIFO, socket or device)")
+    with os.fdopen(fd, "rb", closefd=False) as f:
+      return f.read()
+  except OSError as e:
+    raise ImageError(path, "unreadable_image", f"cannot read image file ({e.strerror or e})"
+                     ) from None
+  finally:
+    os.close(fd)
+
+
+def check_image_file(path: str) -> None:
+  """Without reading it: ImageError unless `path` names a non-empty regular file."""
+  try:
+    info = os.stat(path)
+  except FileNotFoundError:
+    raise ImageError(path, "missing_image", "image file not found") from None
+  except ValueError as e:
+    raise ImageError(repr(path), "bad_image_path", f"not a usable file name ({e})") from None
+  except OSError as e:
+    raise ImageError(path, "unreadable_image", f"cannot stat image file ({e.strerror or e})"
+                     ) from None
+  if not stat.S_ISREG(info.st_mode):
+    raise ImageError(path, "not_a_file", "not a regular file (a directory, FIFO, socket or "
+                     "device)")
+  if info.st_size == 0:
+    raise ImageError(path, "empty_image", "image file is empty (0 bytes)")
+
+
+def check_geometry(width: int, height: int, name: str = "<image>") -> None:
+  """Refuses sizes no model input should come from, before any pixel is decoded or resized:
+  over `Image.MAX_IMAGE_PIXELS` (decompression bombs) or thinner than 1:MAX_ASPECT_RATIO."""
+  if width < 1 or height < 1:
+    raise ImageError(name, "bad_geometry", f"{width}x{height} pixels has no area")
+  limit = Image.MAX_IMAGE_PIXELS
+  if limit and width * height > limit:
+    raise ImageError(name, "image_too_large", f"{width}x{height} pixels is over Pillow's "
+                     f"decompression-bomb limit (Image.MAX_IMAGE_PIXELS={limit})")
+  if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+    raise ImageError(name, "bad_geometry", f"{width}x{height} pixels is thinner than "
+                     f"1:{MAX_ASPECT_RATIO} (image.MAX_ASPECT_RATIO)")
 
 
 def decode_image(data: bytes, *, name: str = "<bytes>",
                  allow_format_mismatch: bool = False) -> np.ndarray:
   """Decodes encoded image bytes. `name` (a file name) is used for errors and the format check.
+
+  The geometry (`check_geometry`) is read from the header and checked before decoding. Any
+  failure of the decoder, whatever its exception type, becomes an ImageError.
 
   Returns:
     uint8[H, W, 3], upright (EXIF orientation applied), RGB.
@@ -82,13 +152,11 @@ def decode_image(data: bytes, *, name: str = "<bytes>",
   try:
     image = Image.open(io.BytesIO(data))
     _check_format(image.format, name, allow_format_mismatch)
-    if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
-      raise ImageError(name, "image_too_large", f"{image.width}x{image.height} pixels is over "
-                       f"Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS})")
+    check_geometry(image.width, image.height, name)
     image.load()  # Decode now: truncated data fails here, not later in a worker.
   except ImageError:
     raise
-  except Image.DecompressionBombError as e:
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise ImageError(name, "image_too_large", str(e)) from None
   except UnidentifiedImageError:
     raise ImageError(name, "undecodable_image",
@@ -100,7 +168,11 @@ def decode_image(data: bytes, *, name: str = "<bytes>",
     image = ImageOps.exif_transpose(image)
   except Exception:  # noqa: BLE001 - broken EXIF must not lose a decodable picture.
     pass
-  return to_rgb_array(image)
+  try:
+    return to_rgb_array(image)
+  except Exception as e:  # noqa: BLE001 - an odd mode must name the image, not crash a worker.
+    raise ImageError(name, "undecodable_image",
+                     f"cannot convert {image.mode} to RGB: {type(e).__name__}: {e}") from None
 
 
 def _check_format(detected: str | None, name: str, allow_mismatch: bool) -> None:
@@ -170,6 +242,67 @@ def unnormalize(pixels_HxWx3: np.ndarray) -> np.ndarray:
   return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
 
 
+def pad_and_resize(image_HxWx3: np.ndarray, size: int,
+                   fill: Sequence[int] = CLIP_MEAN_RGB) -> np.ndarray:
+  """uint8[size, size, 3]: `expand_to_square` then a bicubic resize to `size`, computing only
+  the rows (or columns) of the output the picture reaches; the rest is `fill`.
+
+  Pillow resamples each output pixel from a window of +-2 * (side / size) source pixels, so the
+  band of the square within that reach of the picture gives the same output rows (to rounding:
+  at most 1 level, in a few pixels in 10^4) as resizing the whole square, at a cost
+  proportional to the picture. Pictures at least half as high as wide (and vice versa) take
+  the whole square, exactly as LLaVA.
+  """
+  h, w, _ = image_HxWx3.shape
+  side = max(h, w)
+  # Where the square costs little more than the picture, resize it whole: bit-exact LLaVA.
+  if side <= size or side * side <= 4 * h * w:
+    return resize_shortest_side(expand_to_square(image_HxWx3, fill), size)
+  axis = 0 if h < w else 1               # the short axis, padded in the square
+  short, start = (h, (side - h) // 2) if axis == 0 else (w, (side - w) // 2)
+  scale = side / size
+  reach = 2.0 * scale + 2                # bicubic support widened by the downscale, + margin
+  first = max(0, math.floor((start - reach) / scale))
+  last = min(size, math.ceil((start + short + reach) / scale))
+  lo = max(0, math.floor(first * scale - reach))
+  hi = min(side, math.ceil(last * scale + reach))
+  band_shape = (hi - lo, side, 3) if axis == 0 else (side, hi - lo, 3)
+  band = np.empty(band_shape, np.uint8)
+  band[...] = np.asarray(fill, np.uint8)
+  if axis == 0:
+    band[start - lo:start - lo + h] = image_HxWx3
+    box, out_size = (0, first * scale - lo, side, last * scale - lo), (size, last - first)
+  else:
+    band[:, start - lo:start - lo + w] = image_HxWx3
+    box, out_size = (first * scale - lo, 0, last * scale - lo, side), (last - first, size)
+  resized = np.asarray(Image.fromarray(band).resize(out_size, resample=Image.Resampling.BICUBIC,
+                                                     box=box))
+  out = np.empty((size, size, 3), np.uint8)
+  out[...] = np.asarray(fill, np.uint8)
+  if axis == 0:
+    out[first:last] = resized
+  else:
+    out[:, first:last] = resized
+  return out
+
+
+def resize_and_crop(image_HxWx3: np.ndarray, size: int, mode: str = "pad",
+                    name: str = "<image>") -> np.ndarray:
+  """The uint8 part of `preprocess`: geometry check, then pad + resize or resize + crop.
+
+  Returns uint8[size, size, 3]; ImageError for a geometry `check_geometry` refuses.
+  """
+  if mode not in PREPROCESS_MODES:
+    raise ValueError(f"preprocess: mode must be one of {PREPROCESS_MODES}, got {mode!r}")
+  if image_HxWx3.dtype != np.uint8 or image_HxWx3.ndim != 3 or image_HxWx3.shape[-1] != 3:
+    raise ValueError(f"preprocess: expected uint8[H, W, 3], got {image_HxWx3.dtype}"
+                     f"{list(image_HxWx3.shape)}")
+  check_geometry(image_HxWx3.shape[1], image_HxWx3.shape[0], name)
+  if mode == "pad":
+    return pad_and_resize(image_HxWx3, size)
+  return center_crop(resize_shortest_side(image_HxWx3, size), size)
+
+
 def preprocess(image_HxWx3: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
   """CLIP preprocessing of one uint8[H, W, 3] image.
 
@@ -180,17 +313,9 @@ def preprocess(image_HxWx3: np.ndarray, size: int, mode: str = "pad") -> np.ndar
       square with the mean colour first, so nothing is cut away).
 
   Returns:
-    float32[size, size, 3], CLIP-normalized.
+    float32[size, size, 3], CLIP-normalized. ImageError for a refused geometry.
   """
-  if mode not in PREPROCESS_MODES:
-    raise ValueError(f"preprocess: mode must be one of {PREPROCESS_MODES}, got {mode!r}")
-  if image_HxWx3.dtype != np.uint8 or image_HxWx3.ndim != 3 or image_HxWx3.shape[-1] != 3:
-    raise ValueError(f"preprocess: expected uint8[H, W, 3], got {image_HxWx3.dtype}"
-                     f"{list(image_HxWx3.shape)}")
-  if mode == "pad":
-    image_HxWx3 = expand_to_square(image_HxWx3)
-  image_HxWx3 = center_crop(resize_shortest_side(image_HxWx3, size), size)
-  return normalize(image_HxWx3)
+  return normalize(resize_and_crop(image_HxWx3, size, mode))
 
 
 def preprocess_batch(images: Sequence[np.ndarray], size: int, mode: str = "pad",

@@ -39,6 +39,8 @@ import dataclasses
 import functools
 import json
 import os
+import threading
+import time
 from typing import Any, Iterator
 
 from absl import flags
@@ -202,13 +204,10 @@ class SampleBuilder:
           raise image_lib.ImageError(name, "missing_image", "image was unreadable at prepare time")
         else:
           decoded = image_lib.decode_image(example.image_bytes[i], name=name)
+        out[i] = image_lib.resize_and_crop(decoded, self.image_size, self.image_aspect, name)
       except image_lib.ImageError as e:
         field = "image" if len(names) == 1 else f"image[{i}]"
         raise BadSampleError(e.kind, f"{field}: {e}") from None
-      if self.image_aspect == "pad":
-        decoded = image_lib.expand_to_square(decoded)
-      out[i] = image_lib.center_crop(image_lib.resize_shortest_side(decoded, self.image_size),
-                                     self.image_size)
     return out
 
   def build(self, example: Example, index: int = 0) -> dict[str, np.ndarray]:
@@ -232,6 +231,10 @@ class SampleBuilder:
       row, meta["notes"] = self.build_with_notes(example, index)
     except BadSampleError as e:
       meta["skip"] = str(e)
+      return meta
+    except Exception as e:  # noqa: BLE001 - the record boundary: one bad record never kills a
+      # worker; it is counted and named like any other (strict mode stops on it).
+      meta["skip"] = f"{records_lib.BUILD_ERROR}: {example.where}: {type(e).__name__}: {e}"
       return meta
     return {**meta, **row}
 
@@ -557,8 +560,29 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.
       flags.FLAGS.mark_as_parsed()   # Grain's worker start-up reads absl flags.
     # Workers batch their own slice of the stream; only whole batches cross processes.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.worker_buffer_size))
+        num_workers=data_cfg.num_workers, per_worker_buffer_size=data_cfg.worker_buffer_size),
+        worker_init_fn=exit_with_parent)
   return _TrainDataset(ds, data_cfg.skip_reasons_shown, data_cfg.num_workers)
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: the worker ends itself once its parent is gone.
+
+  A trainer killed with SIGKILL cannot stop its workers, which would go on decoding (and holding
+  ~0.5 GB each) for minutes. A daemon thread notices the re-parenting within a second.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)   # no clean-up to wait for: the consumer of our batches is dead
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+_PARENT_POLL_SECONDS = 0.5
 
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,

@@ -30,6 +30,7 @@ from typing import NamedTuple
 from llava_jax.data import image as image_lib
 
 IMAGE_TOKEN = "<image>"
+BUILD_ERROR = "build_error"   # kind of any unexpected failure caught at a record's boundary
 HUMAN, GPT = "human", "gpt"
 ERROR, WARNING, INFO = "error", "warning", "info"   # info: reported, trained on as written
 
@@ -54,6 +55,8 @@ PROBLEM_KINDS = {
     "image_token_in_answer": (ERROR, "`<image>` inside a gpt answer"),
     "image_without_token": (WARNING, "images but no `<image>` in the text (pipeline prepends it)"),
     "too_many_images": (ERROR, "more images than the model takes (max_images)"),
+    "invalid_text": (ERROR, "text that is not valid Unicode (a lone surrogate such as \\ud800)"),
+    "build_error": (ERROR, "reading or building the record failed unexpectedly (named)"),
     **{kind: (ERROR, "image file: " + kind.replace("_", " ")) for kind in
        image_lib.IMAGE_ERROR_KINDS},
 }
@@ -132,11 +135,15 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record | BadLine]:
   """
   path = os.fspath(path)
   with open(path, "rb") as f:
-    head = f.read(4096).lstrip()
-  if head.startswith(b"["):
+    head = f.read(4096)
+  # A UTF-8 byte-order mark (Windows editors write one) is not part of the content.
+  if head.removeprefix(_BOM).lstrip().startswith(b"["):
     yield from _iter_json_list(path)
   else:
     yield from _iter_jsonl(path)
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _make_record(obj, where: str) -> Record | BadLine:
@@ -148,7 +155,7 @@ def _make_record(obj, where: str) -> Record | BadLine:
 
 def _iter_json_list(path: str) -> Iterator[Record | BadLine]:
   try:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
       entries = json.load(f)
   except json.JSONDecodeError as e:
     raise RecordError(None, "<file>", f"not valid JSON: {e.msg} at line {e.lineno} column "
@@ -167,7 +174,7 @@ def _iter_jsonl(path: str) -> Iterator[Record | BadLine]:
       if not raw.strip():
         continue
       try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
       except UnicodeDecodeError as e:
         yield BadLine(where, "malformed_json", f"not UTF-8: {e.reason} at byte {e.start}")
         continue
@@ -260,6 +267,9 @@ def _conversation_problems(rec: Record) -> list[Problem]:
                                f"role {role!r} is not {HUMAN!r} or {GPT!r}"))
     if not turn["value"].strip():
       problems.append(_problem(rec, f"{field}.value", "empty_turn", "the text is empty"))
+    elif not _is_valid_unicode(turn["value"]):
+      problems.append(_problem(rec, f"{field}.value", "invalid_text",
+                               "contains a lone surrogate (not encodable as UTF-8)"))
     if role == GPT and IMAGE_TOKEN in turn["value"]:
       problems.append(_problem(rec, f"{field}.value", "image_token_in_answer",
                                f"{IMAGE_TOKEN} appears in an answer"))
@@ -281,6 +291,14 @@ def _conversation_problems(rec: Record) -> list[Problem]:
         problems.append(_problem(rec, f"conversations[{len(roles) - 1}]", "roles_not_alternating",
                                  "ends with a human turn that has no answer"))
   return problems
+
+
+def _is_valid_unicode(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def _image_token_count(rec: Record) -> int:
@@ -332,10 +350,8 @@ def _image_file_error(path: str, decode: bool,
   try:
     if decode:
       image_lib.load_image(path, allow_format_mismatch=allow_format_mismatch)
-    elif not os.path.isfile(path):
-      raise image_lib.ImageError(path, "missing_image", "image file not found")
-    elif os.path.getsize(path) == 0:
-      raise image_lib.ImageError(path, "empty_image", "image file is empty (0 bytes)")
+    else:
+      image_lib.check_image_file(path)
   except image_lib.ImageError as e:
     return e
   return None

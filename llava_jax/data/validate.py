@@ -5,7 +5,9 @@
 Prints every problem of every record (by record id and file position), then a summary table
 (problem kind -> severity, count, first ids). Images are checked by decoding them, so missing,
 empty, truncated and mislabelled files are all found. Exit status: 0, or 1 in `--strict` mode
-when there is any problem (warnings included); 2 if the file itself cannot be read.
+when there is any problem (warnings included); 2 if the file itself cannot be read or holds no
+record. A check that fails unexpectedly on one record is reported as that record's
+`build_error`, never stops the others.
 Answers holding `</s>`, `<s>` or a round separator of `--template` (default: every template's)
 are reported as `special_text_in_answer` (info: trained on as written, never refused at start-up;
 LLaVA would mask the whole sample).
@@ -27,6 +29,10 @@ import ml_collections
 
 from llava_jax.data import conversation
 from llava_jax.data import records as records_lib
+
+
+class EmptyDataError(ValueError):
+  """A data file with no records at all: nothing to train on."""
 
 
 @dataclasses.dataclass
@@ -95,10 +101,14 @@ def validate(path: str | os.PathLike, image_dir: str | os.PathLike | None, *,
   entries = records_lib.read_records(path)
 
   def check(entry):
-    return records_lib.check_record(entry, image_dir, decode_images=decode_images,
-                                    max_images=max_images,
-                                    allow_format_mismatch=allow_format_mismatch) + (
-                                        _answer_problems(entry, template))
+    try:
+      return records_lib.check_record(entry, image_dir, decode_images=decode_images,
+                                      max_images=max_images,
+                                      allow_format_mismatch=allow_format_mismatch) + (
+                                          _answer_problems(entry, template))
+    except Exception as e:  # noqa: BLE001 - the record boundary: name the record, go on.
+      return [records_lib.Problem(entry.id, entry.where, "<record>", records_lib.BUILD_ERROR,
+                                  f"{type(e).__name__}: {e}")]
 
   threads = num_threads or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
@@ -137,6 +147,8 @@ def check(data_config: ml_collections.ConfigDict,
     return None
   report = validate(data_config.path, data_config.image_dir, decode_images=decode_images,
                     max_images=data_config.max_images, template=data_config.template)
+  if not report.num_records:
+    raise EmptyDataError(f"data.path {report.path!r} holds no records")
   if report.clean:
     logging.info("validate: %d records in %s, no problems", report.num_records, report.path)
     return report
@@ -173,6 +185,9 @@ def main(argv) -> int:
                       template=f.template)
   except (records_lib.RecordError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not report.num_records:
+    print(f"error: {report.path}: no records (an empty file or an empty list)", file=sys.stderr)
     return 2
   for problem in report.problems:
     print(f"{problem.severity}: {problem}")

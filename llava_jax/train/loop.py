@@ -3,7 +3,8 @@
 data → (global, sharded) batch → jitted `train_step` (donated state) → metrics one step late →
 async Orbax checkpoints every `checkpoint.every_steps`, at the end, and on SIGTERM.
 A workdir that already holds a committed checkpoint resumes from it exactly (params, optimizer,
-step and data-iterator position).
+step and data-iterator position): from its newest intact step (`checkpoint.restore_latest`),
+after comparing its saved config with this one (`train/resume.py`).
 """
 
 import dataclasses
@@ -17,10 +18,12 @@ import ml_collections
 import numpy as np
 
 from llava_jax import checkpoint
+from llava_jax import config_check
 from llava_jax import sharding
 from llava_jax.model import splash
 from llava_jax.train import init as init_lib
 from llava_jax.train import metrics as metrics_lib
+from llava_jax.train import resume
 from llava_jax.train import step as step_lib
 from llava_jax.train.state import TrainState
 from llava_jax.train.state import make_factory
@@ -43,9 +46,7 @@ def total_steps(config: ml_collections.ConfigDict, num_records: int) -> int:
 
 def check_train_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Fails early on settings that would only break later (or silently)."""
-  if config.train.on_nonfinite not in ("stop", "skip"):
-    raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r}; "
-                     "expected 'stop' or 'skip'")
+  config_check.check(config)
   if config.data.max_len > config.model.llm.max_len:
     raise ValueError(f"config.data.max_len={config.data.max_len} exceeds the decoder's "
                      f"context config.model.llm.max_len={config.model.llm.max_len} (positions "
@@ -103,6 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   `data` replaces the pipeline over `config.data` (e.g. from a notebook or a test).
   """
   workdir = pathlib.Path(workdir).absolute()
+  config_check.check(config)
   mesh = sharding.make_mesh(config.mesh)
   check_train_config(config, mesh)
   own_data = data is None
@@ -112,10 +114,13 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   manager = checkpoint.make_manager(workdir, config.checkpoint)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
-  start = manager.latest_step()
+  check_saved_config = lambda step, step_dir: resume.check(
+      checkpoint.read_config(step_dir), config, step, str(workdir))
+  start, restored = checkpoint.restore_latest(
+      manager, factory.abstract.to_dict(), data.iterator,
+      strict=config.checkpoint.strict_restore, check=check_saved_config)
   if start is not None:
-    state = TrainState.from_dict(
-        checkpoint.restore(manager, start, factory.abstract.to_dict(), data.iterator))
+    state = TrainState.from_dict(restored)
   else:
     start = 0
     state = factory.state_from_params(init_lib.initial_params(config.init, factory, init_rng))
@@ -149,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
         _report(reporter, *pending, config.train.on_nonfinite)
       if step not in manager.all_steps():
         save(step, force=True)
-      manager.wait_until_finished()
+      checkpoint.seal(manager)   # the last step's checksums
   finally:
     manager.wait_until_finished()
     manager.close()

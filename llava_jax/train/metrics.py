@@ -6,9 +6,11 @@ step is dispatched), so reading them never stalls the device.
 
 import json
 import math
+import os
 import pathlib
 import time
 
+from absl import logging
 import jax
 import tqdm
 
@@ -16,11 +18,29 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
+class MetricsFileError(ValueError):
+  """A metrics.jsonl line other than the last is not JSON: the file was edited or damaged."""
+
+
 def read_metrics(workdir) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl. A torn last line (the process was killed while
+  writing it) is dropped with a warning naming the file; any other bad line raises."""
   path = pathlib.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = path.read_text(errors="replace").splitlines()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError as e:
+      if number < len(lines):
+        raise MetricsFileError(f"{path}:{number}: not a JSON record ({e})") from None
+      logging.warning("%s:%d: dropped a torn last line (the run was killed while writing it): "
+                      "%.60r", path, number, line)
+  return records
 
 
 class Reporter:
@@ -44,7 +64,10 @@ class Reporter:
     """On resume, forget metrics of steps the restored checkpoint does not contain."""
     kept = [m for m in read_metrics(self.path.parent) if m["step"] <= step]
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+    # Written aside and renamed: a kill during the rewrite never loses the old lines.
+    tmp = self.path.with_name(METRICS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+    os.replace(tmp, self.path)
 
   def report(self, step: int, metrics: dict) -> dict:
     """`metrics`: host values of step `step` (1-based: the number of updates done)."""
