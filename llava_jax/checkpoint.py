@@ -219,7 +219,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: dict, data_it
       if check is not None:
         check(step, path)
       state = _load_verified(path, verified,
-                             lambda: restore(manager, step, abstract_state, data_iter))
+                             lambda step=step: restore(manager, step, abstract_state, data_iter))
     except CheckpointError as e:
       if strict:
         raise CheckpointError(e.step_dir, e.reason + " (checkpoint.strict_restore=true: not "
@@ -284,7 +284,7 @@ def _newest_intact(path, load: Callable[[pathlib.Path], Any], strict: bool) -> A
   damaged = []
   for candidate in candidates:
     try:
-      result = _verify_and_load(candidate, lambda: load(candidate))
+      result = _verify_and_load(candidate, lambda candidate=candidate: load(candidate))
     except CheckpointError as e:
       if strict or not workdir:
         raise
