@@ -124,10 +124,10 @@ class HostileDataTest(parameterized.TestCase):
   def test_an_unexpected_failure_is_caught_at_the_record_and_named(self):
     render = pipeline.conversation.render
 
-    def failing_render(template, turns):
+    def failing_render(template, turns, **kwargs):
       if any("boom" in text for _, text in turns):
         raise TypeError("tokenizer exploded")
-      return render(template, turns)
+      return render(template, turns, **kwargs)
 
     path = os.path.join(self.dir, "boom.jsonl")
     write_jsonl(path, self.good[:2] + [qa("bad_boom", "boom?")])
