@@ -138,7 +138,7 @@ class ServeTest(absltest.TestCase):
     self.assertEqual([m.role for m in messages], ["system", "user"])
     self.assertEqual(messages[0].parts, ["Be brief."])
     self.assertEqual(messages[1].parts[0], "Look:")
-    self.assertEqual(messages[1].parts[1].shape, (30, 40, 3))  # decoded before the encoder
+    self.assertEqual(messages[1].parts[1].shape, (40, 30, 3))  # decoded before the encoder
 
   def test_burst_of_200_is_answered_or_refused_with_retry_after(self):
     server = _start(self.model, max_batch=4, queue_size=4, max_pending=12)

@@ -326,10 +326,21 @@ class Responses:
     return chunk, usage_chunk
 
 
-def token_logprobs(tokenizer, ids, logprobs, top_ids, top_lps, top_n: int) -> list[dict]:
-  """OpenAI `logprobs.content` entries for generated tokens."""
-  def entry(token_id, lp):
-    text = tokenizer.decode([token_id])
-    return {"token": text, "logprob": float(lp), "bytes": list(text.encode("utf-8"))}
-  return [dict(entry(t, lp), top_logprobs=[entry(i, l) for i, l in zip(ti[:top_n], tl[:top_n])])
-          for t, lp, ti, tl in zip(ids, logprobs, top_ids, top_lps)]
+def token_logprobs(tokenizer, before, ids, logprobs, top_ids, top_lps, top_n: int) -> list[dict]:
+  """OpenAI `logprobs.content` entries for generated `ids` that follow the ids `before`.
+
+  A token's text is what it adds to the decoded text of the few tokens before it (decoding it
+  alone would drop the leading space of a metaspace/byte-level token)."""
+  context = list(before[-4:])
+  entries = []
+  for t, lp, ti, tl in zip(ids, logprobs, top_ids, top_lps):
+    prefix = tokenizer.decode(context, skip_special_tokens=True)
+
+    def entry(token_id, value):
+      text = tokenizer.decode(context + [token_id], skip_special_tokens=True)
+      text = text[len(prefix):] if text.startswith(prefix) else tokenizer.decode([token_id])
+      return {"token": text, "logprob": float(value), "bytes": list(text.encode("utf-8"))}
+    entries.append(dict(entry(t, lp),
+                        top_logprobs=[entry(i, l) for i, l in zip(ti[:top_n], tl[:top_n])]))
+    context = (context + [t])[-4:]
+  return entries

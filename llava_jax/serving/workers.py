@@ -64,11 +64,11 @@ class _Row:
     job = self.job
     self.count += len(tokens.ids)
     ids = tokens.ids[:-1] if tokens.eos else tokens.ids
-    piece = self.stream.push(ids)
     lps = []
-    if job.logprobs and ids:
-      lps = protocol.token_logprobs(tokenizer, ids, tokens.logprobs, tokens.top_ids,
-                                    tokens.top_logprobs, job.top_logprobs)
+    if job.logprobs and ids and not self.stream.stopped:
+      lps = protocol.token_logprobs(tokenizer, self.stream.token_ids, ids, tokens.logprobs,
+                                    tokens.top_ids, tokens.top_logprobs, job.top_logprobs)
+    piece = self.stream.push(ids)
     if piece or lps:
       job.emit(("text", piece, lps))
     if not (tokens.done or self.stream.stopped or job.cancelled):
