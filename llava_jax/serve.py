@@ -10,6 +10,7 @@ finishes the requests in flight, then exits.
 """
 
 import os
+import signal
 import sys
 
 from absl import app
@@ -81,6 +82,8 @@ def run(ui: bool):
   port = sock.getsockname()[1]
   print(f"serving {name!r} on http://{f.host}:{port}/v1" + (
       f" (web demo: http://{f.host}:{port}/)" if ui else ""), flush=True)
+  # uvicorn finishes the requests in flight, then re-raises SIGTERM: exit 0 then, not -15.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
   try:
     app_lib.uvicorn_server(api, settings).run(sockets=[sock])
   finally:
