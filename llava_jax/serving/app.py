@@ -243,7 +243,7 @@ def uvicorn_server(app, settings: Settings, *, backlog: int = 2048,
   finish in-flight requests, then return from `run`."""
   config = uvicorn.Config(app, http=http_lib.timed_h11(settings.header_timeout_s),
                           timeout_keep_alive=5, backlog=backlog, log_level="warning",
-                          timeout_graceful_shutdown=graceful_timeout_s, lifespan="off")
+                          timeout_graceful_shutdown=graceful_timeout_s)
   return uvicorn.Server(config)
 
 

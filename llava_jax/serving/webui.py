@@ -93,7 +93,7 @@ def build(service) -> gr.Blocks:
         image = gr.Image(type="numpy", label="Image", sources=["upload", "clipboard"],
                          elem_id="image")
         gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples")
-        temperature = gr.Slider(0.0, 1.0, 0.2, step=0.1, label="Temperature")
+        temperature = gr.Slider(0.0, 1.0, 0.2, step=0.1, label="Temperature", elem_id="temperature")
         top_p = gr.Slider(0.05, 1.0, 0.7, step=0.05, label="Top P")
         max_tokens = gr.Slider(1, 1024, 128, step=1, label="Max output tokens")
       with gr.Column(scale=2):
