@@ -71,7 +71,9 @@ def build(service) -> gr.Blocks:
       return
     try:
       stream = answer_stream(service, image, history, question, temperature, top_p, max_tokens)
-      history += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+      # A new list: the generator above reads `history` lazily, before this turn.
+      history = history + [{"role": "user", "content": question},
+                           {"role": "assistant", "content": ""}]
       for text in stream:
         history[-1] = {"role": "assistant", "content": text}
         yield history, ""
