@@ -73,7 +73,7 @@ async def read_body(request: fastapi.Request, limit: int, timeout_s: float) -> b
       chunks.append(chunk)
   try:
     await asyncio.wait_for(read(), timeout_s)
-  except asyncio.TimeoutError:
+  except TimeoutError:
     raise protocol.RequestError(408, f"request body not received within {timeout_s} s", None,
                                 "request_timeout") from None
   return b"".join(chunks)

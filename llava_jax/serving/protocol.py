@@ -336,7 +336,7 @@ def token_logprobs(tokenizer, before, ids, logprobs, top_ids, top_lps, top_n: in
   for t, lp, ti, tl in zip(ids, logprobs, top_ids, top_lps):
     prefix = tokenizer.decode(context, skip_special_tokens=True)
 
-    def entry(token_id, value):
+    def entry(token_id, value, context=context, prefix=prefix):
       text = tokenizer.decode(context + [token_id], skip_special_tokens=True)
       text = text[len(prefix):] if text.startswith(prefix) else tokenizer.decode([token_id])
       return {"token": text, "logprob": float(value), "bytes": list(text.encode("utf-8"))}
