@@ -93,7 +93,9 @@ def _warm_up(model, servers, image_url, max_batch, max_tokens):
       "user", [DEMO_IMAGE.read_bytes(), "Describe the image."])])
   b = 1
   while b <= max_batch:
-    model.generator.generate([ids] * b, np.stack([pixels] * b), max_new_tokens=max_tokens)
+    for budget in range(model.generator.bucket, max_tokens + model.generator.bucket,
+                        model.generator.bucket):  # every new-token bucket a batch may need
+      model.generator.generate([ids] * b, np.stack([pixels] * b), max_new_tokens=budget)
     b *= 2
   for server in servers.values():
     asyncio.run(run_load(server.url, 100.0, [max_tokens] * 2, [0.0, 0.0], image_url, 4))
