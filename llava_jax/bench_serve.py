@@ -13,6 +13,7 @@ both alike). Reports completion tokens/s, TTFT and latency p50/p99 per scheduler
 import asyncio
 import base64
 import json
+import logging
 import pathlib
 import time
 
@@ -107,6 +108,7 @@ def main(argv):
   from llava_jax.serving import app as serving
 
   f = flags.FLAGS
+  logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per request otherwise
   model = chat.load_for_chat(f.ckpt)
   image_url = "data:image/jpeg;base64," + base64.b64encode(DEMO_IMAGE.read_bytes()).decode()
   servers = {}
