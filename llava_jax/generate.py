@@ -79,19 +79,34 @@ class Generator:
 
   # --- device programs ---------------------------------------------------------------------
 
-  def _start_impl(self, params, input_ids_BxT, pixels_BxMxHxWx3, lengths_B, max_new_B, sample_kw,
-                  *, max_new: int):
-    """Prefill + first token. Returns the loop state."""
+  def prefill(self, params, input_ids_BxT, pixels_BxMxHxWx3, lengths_B, cache_len: int):
+    """Runs left-padded prompts into a fresh cache of `cache_len` slots (traceable).
+
+    Returns (logits float32[B, V] at each row's last prompt token, cache).
+    """
     batch, prompt_len = input_ids_BxT.shape
     segment_ids_BxT, positions_BxT = left_padded_layout(lengths_B, prompt_len)
-    cache = llama.init_cache(self.model.cfg.llm, batch, prompt_len + max_new,
-                             jnp.dtype(self.model.cfg.dtype))
+    cache = llama.init_cache(self.model.cfg.llm, batch, cache_len, jnp.dtype(self.model.cfg.dtype))
     variables = {"params": params}
     # Hidden states, not logits: only the last position needs the [B, V] projection.
     hidden_BxTxD, cache = self.model.apply(
         variables, input_ids_BxT, pixels_BxMxHxWx3, segment_ids=segment_ids_BxT,
         positions=positions_BxT, cache=cache, return_hidden=True)
     logits_BxV = self.model.apply(variables, hidden_BxTxD[:, -1:], method="lm_logits")[:, 0]
+    return logits_BxV, cache
+
+  def decode_step(self, params, last_B, position_B, cache):
+    """One token per row against the cache (traceable): (logits float32[B, V], cache)."""
+    logits_Bx1xV, cache = self.model.apply(
+        {"params": params}, last_B[:, None], position_B[:, None], cache, method="decode")
+    return logits_Bx1xV[:, 0], cache
+
+  def _start_impl(self, params, input_ids_BxT, pixels_BxMxHxWx3, lengths_B, max_new_B, sample_kw,
+                  *, max_new: int):
+    """Prefill + first token. Returns the loop state."""
+    batch, prompt_len = input_ids_BxT.shape
+    logits_BxV, cache = self.prefill(params, input_ids_BxT, pixels_BxMxHxWx3, lengths_B,
+                                     prompt_len + max_new)
     token_B = sampling.sample(logits_BxV, jnp.int32(0), **sample_kw)
     eos_B = jnp.isin(token_B, jnp.array(self.eos_ids, jnp.int32))
     tokens_BxN = jnp.full((batch, max_new), self.pad_id, jnp.int32).at[:, 0].set(token_B)
@@ -116,11 +131,8 @@ class Generator:
 
     def body(s):
       step = s["step"]
-      position_B = s["lengths"] + step - 1
-      logits_Bx1xV, cache = self.model.apply(
-          {"params": params}, s["last"][:, None], position_B[:, None], s["cache"],
-          method="decode")
-      logits_BxV = logits_Bx1xV[:, 0]
+      logits_BxV, cache = self.decode_step(params, s["last"], s["lengths"] + step - 1,
+                                           s["cache"])
       token_B = sampling.sample(logits_BxV, step, **sample_kw)
       token_B = jnp.where(s["done"], self.pad_id, token_B)
       eos_B = ~s["done"] & jnp.isin(token_B, eos_V)

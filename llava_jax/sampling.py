@@ -67,7 +67,8 @@ def _filtered_logits(logits_BxV, temperature_B, top_k_B, top_p_B):
 
 
 def sample(logits_BxV: jax.Array, step: jax.Array, *, temperature, top_k, top_p, seed) -> jax.Array:
-  """int32[B] next tokens from float[B, V] logits at decode step `step` (int scalar).
+  """int32[B] next tokens from float[B, V] logits at decode step `step` (int scalar, or int[B]
+  when rows are at different steps, as under continuous batching).
 
   temperature/top_k/top_p/seed: per-row arrays [B] (see `stack_params`).
   """
@@ -76,7 +77,8 @@ def sample(logits_BxV: jax.Array, step: jax.Array, *, temperature, top_k, top_p,
 
   def draw(_):
     filtered_BxV = _filtered_logits(logits_BxV, temperature, top_k, top_p)
-    keys_B = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), step))(seed)
+    step_B = jnp.broadcast_to(jnp.asarray(step, jnp.int32), seed.shape)
+    keys_B = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(seed, step_B)
     drawn_B = jax.vmap(jax.random.categorical)(keys_B, filtered_BxV).astype(jnp.int32)
     return jnp.where(temperature > 0, drawn_B, greedy_B)
 

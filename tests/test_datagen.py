@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from absl.testing import absltest
@@ -406,14 +405,13 @@ class RealServerTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     from llava_jax import api
-    from llava_jax import serve
+    from llava_jax.serving import app as serving
     cls.tmp = tempfile.mkdtemp()
     model = api.load(tiny.write_model_dir(os.path.join(cls.tmp, "model")))
     # One request at a time: a single decode batch shape, so generation compiles once.
-    cls.server = serve.make_server(model, "127.0.0.1", 0, model_name="tiny", max_batch=1)
-    cls.thread = threading.Thread(target=cls.server.serve_forever, daemon=True)
-    cls.thread.start()
-    cls.api_base = f"http://127.0.0.1:{cls.server.server_address[1]}/v1"
+    settings = serving.Settings(model_name="tiny", max_batch=1)
+    cls.server = serving.Running(serving.make_app(model, settings), settings)
+    cls.api_base = cls.server.url + "/v1"
     # Short prompts so that system message + one example + query fit the tiny 512-token context.
     cls.prompts_dir = os.path.join(cls.tmp, "prompts")
     for kind in prompts.TYPES:
@@ -428,10 +426,7 @@ class RealServerTest(absltest.TestCase):
 
   @classmethod
   def tearDownClass(cls):
-    cls.server.shutdown()
-    cls.server.server_close()
-    cls.server.service.worker.stop()
-    cls.thread.join(timeout=10)
+    cls.server.stop()
     shutil.rmtree(cls.tmp, ignore_errors=True)
     super().tearDownClass()
 
