@@ -446,6 +446,7 @@ class RealServerTest(absltest.TestCase):
     # and journaled: accepted as a valid record, or rejected with the server's text kept.
     qa_reasons = {"unparseable", "unbalanced_turns", "empty_question", "empty_answer", "refusal",
                   "mentions_source", "truncated"}
+    texts = []
     for kind in prompts.TYPES:
       accepted = journal.Journal(os.path.join(out, f"{kind}.jsonl")).records
       rejected = journal.Journal(os.path.join(out, f"{kind}.rejected.jsonl")).records
@@ -454,8 +455,12 @@ class RealServerTest(absltest.TestCase):
       for r in rejected:
         if kind != "detail":
           self.assertIn(r["reason"], qa_reasons | {"duplicate"}, kind)
-        if r["reason"] != "duplicate":
-          self.assertNotEmpty(r["response"].strip(), r)
+        self.assertIsInstance(r["response"], str, r)
+        texts.append(r["response"])
+      texts.extend(str(a) for a in accepted)
+    # Random weights may greedily repeat a token that decodes to nothing, so one reply can be
+    # empty; all of them empty means nothing was generated.
+    self.assertTrue(any(t.strip() for t in texts), texts)
     merged = records_lib.read_records(os.path.join(out, generate.MERGED_FILE))
     self.assertLen(merged, sum(s.total for s in stats.values()))
     for rec in merged:
