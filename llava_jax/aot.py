@@ -107,6 +107,8 @@ def use_libtpu(folder: str | None):
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu")  # the host runs on CPU; TPU devices come from libtpu
 
 
 def hlo_summary(hlo_text: str) -> dict:
@@ -116,9 +118,9 @@ def hlo_summary(hlo_text: str) -> dict:
   for kind in kinds:  # async pairs (x-start/x-done) count once, at their start
     counts[kind] = len(re.findall(rf"= [^=]*? {kind}(?:-start)?\(", hlo_text))
   kernels = re.findall(r'custom_call_target="tpu_custom_call"', hlo_text)
-  names = re.findall(r'"custom_call_config":.*?"kernel_name":"([^"]+)"', hlo_text)
+  names = re.findall(r'tpu_custom_call".*?op_name="([^"]+)"', hlo_text)
   return dict(collectives={k: v for k, v in counts.items() if v},
-              mosaic_kernels=len(kernels), mosaic_kernel_names=sorted(set(names)))
+              mosaic_kernels=len(kernels), mosaic_kernel_names=sorted({n.split('/')[-1] for n in names}))
 
 
 def memory_summary(compiled, tpu_slice: Slice) -> dict:
@@ -131,9 +133,9 @@ def memory_summary(compiled, tpu_slice: Slice) -> dict:
               fits=total <= tpu_slice.chip.hbm_bytes)
 
 
-def _compile(jitted, *args):
+def _compile(jitted, *args, **static):
   start = time.perf_counter()
-  lowered = jitted.lower(*args)
+  lowered = jitted.lower(*args, **static)
   compiled = lowered.compile()
   return compiled, time.perf_counter() - start
 
@@ -218,8 +220,8 @@ def compile_generate(config, tpu_slice: Slice, devices, *, batch: int, prompt_le
                                               sharding=sharding.replicated(mesh))
   sample_kw = jax.tree.map(on_rows, sampling.stack_params([sampling.SamplingParams()] * batch))
   lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
-  prefill, prefill_s = _compile(functools.partial(gen._start, max_new=new_tokens),  # pylint: disable=protected-access
-                                params, on_rows(ids), on_rows(pixels), lengths, lengths, sample_kw)
+  prefill, prefill_s = _compile(gen._start, params, on_rows(ids), on_rows(pixels), lengths,  # pylint: disable=protected-access
+                                lengths, sample_kw, max_new=new_tokens)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        jax.eval_shape(functools.partial(gen._start, max_new=new_tokens),  # pylint: disable=protected-access
                                       params, ids, pixels, lengths, lengths, sample_kw),
