@@ -241,6 +241,7 @@ def run(config, accelerator_type: str, *, target: str = "train", **generate_kw) 
   tpu_slice = parse_slice(accelerator_type)
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)
   import jax  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
   devices = topology_devices(tpu_slice)
   if target == "train":
     result = compile_train(config, tpu_slice, devices)
@@ -252,7 +253,8 @@ def run(config, accelerator_type: str, *, target: str = "train", **generate_kw) 
   return dict(
       topology=accelerator_type, topology_name=tpu_slice.topology_name, chips=tpu_slice.chips,
       device_kind=devices[0].device_kind, jax_version=jax.__version__, preset=model_cfg.preset,
-      llm_layers=model_cfg.llm.layers, dtype=model_cfg.dtype, remat=model_cfg.remat,
+      llm_layers=model_cfg.llm.layers,
+      full_layers=common.model_config(model_cfg.preset).llm.layers, dtype=model_cfg.dtype, remat=model_cfg.remat,
       attention=model_cfg.attention, mesh=dict(config.mesh),
       batch_size=config.train.batch_size, seq_len=config.data.max_len,
       grad_accum_steps=config.train.grad_accum_steps,
@@ -263,6 +265,61 @@ def run(config, accelerator_type: str, *, target: str = "train", **generate_kw) 
 
 def _gib(n):
   return f"{n / 2**30:.2f} GiB"
+
+
+def _setting(r: dict) -> tuple:
+  """What identifies a recipe row apart from the compiled layer count."""
+  return (r["preset"], r["topology"], r["attention"], r["remat"], r["batch_size"], r["seq_len"],
+          r["grad_accum_steps"], r["loss_chunk_len"], r["mu_dtype"], str(r["mesh"]))
+
+
+def scaled_to_full_depth(results: list[dict]) -> list[dict]:
+  """Train results of one setting at two layer counts -> one row extrapolated to the preset's
+  full depth (memory and estimated time are affine in the layer count); others pass as they are."""
+  groups = collections.defaultdict(list)
+  for r in results:
+    if r["target"] == "train":
+      groups[_setting(r)].append(r)
+  rows = []
+  for group in groups.values():
+    group.sort(key=lambda r: r["llm_layers"])
+    a, b = group[0], group[-1]
+    full = a["full_layers"]
+    if a["llm_layers"] == b["llm_layers"] or a["llm_layers"] == full:
+      rows.append(dict(b, scaled_from=None))
+      continue
+    def at(va, vb, la=a["llm_layers"], lb=b["llm_layers"], full=full):
+      return va + (vb - va) * (full - la) / (lb - la)
+    total = at(a["memory"]["total_bytes"], b["memory"]["total_bytes"])
+    seconds = at(a["xla_cost_model_estimate"]["step_seconds"],
+                    b["xla_cost_model_estimate"]["step_seconds"])
+    flops = at(a["model_flops_per_step"], b["model_flops_per_step"])
+    peak = b["xla_cost_model_estimate"]["mfu"] * b["xla_cost_model_estimate"]["step_seconds"] / (
+        b["model_flops_per_step"])  # 1 / (chips * peak)
+    rows.append(dict(b, llm_layers=full, scaled_from=[a["llm_layers"], b["llm_layers"]],
+                     memory=dict(b["memory"], total_bytes=total,
+                                 fits=total <= b["memory"]["capacity_bytes"]),
+                     xla_cost_model_estimate=dict(step_seconds=seconds,
+                                                  mfu=flops / seconds * peak)))
+  return rows
+
+
+def format_table(results: list[dict]) -> str:
+  """Markdown rows: preset, slice, settings, per-chip HBM, fits, XLA cost-model MFU."""
+  header = ("preset", "slice", "attn", "remat", "batch x T", "accum", "L (from)",
+            "HBM/chip GiB", "fits", "est. step s", "est. MFU")
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in scaled_to_full_depth(results):
+    cost, m = r["xla_cost_model_estimate"], r["memory"]
+    layers = f"{r['llm_layers']}" + (f" ({r['scaled_from'][0]},{r['scaled_from'][1]})"
+                                     if r["scaled_from"] else "")
+    lines.append("| " + " | ".join([
+        r["preset"], r["topology"], r["attention"], r["remat"],
+        f"{r['batch_size']} x {r['seq_len']}", str(r["grad_accum_steps"]), layers,
+        f"{m['total_bytes'] / 2**30:.1f} / {m['capacity_bytes'] / 2**30:.0f}",
+        "yes" if m["fits"] else "no", f"{cost['step_seconds']:.2f}",
+        f"{100 * cost['mfu']:.1f}%"]) + " |")
+  return "\n".join(lines)
 
 
 def format_result(r: dict) -> str:
@@ -301,9 +358,18 @@ def _define_flags():
   flags.DEFINE_integer("new_tokens", 256, "generate: tokens decoded per row.")
   flags.DEFINE_integer("gen_batch", 8, "generate: rows.")
   flags.DEFINE_string("out", None, "JSON path (default aot_results/PRESET_TOPOLOGY_TARGET.json).")
+  flags.DEFINE_bool("table", False, "Print a Markdown table of the train results named as "
+                    "arguments (one setting at two layer counts: extrapolated to full depth).")
 
 
 def main(argv):
+  if FLAGS.table:
+    results = []
+    for path in argv[1:]:
+      with open(path) as f:
+        results.append(json.load(f))
+    print(format_table(results))
+    return
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if FLAGS.config is None or FLAGS.topology is None:

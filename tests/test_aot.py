@@ -55,6 +55,27 @@ class SliceNamesTest(absltest.TestCase):
         aot.parse_slice(name)
 
 
+class TableTest(absltest.TestCase):
+
+  def test_two_layer_counts_extrapolate_to_full_depth(self):
+    def result(layers, total_gib, seconds):
+      flops = 1e15 * layers
+      return dict(target="train", preset="p", topology="v5p-8", attention="splash",
+                  remat="full", batch_size=8, seq_len=2048, grad_accum_steps=1,
+                  loss_chunk_len=0, mu_dtype="float32", mesh={}, llm_layers=layers,
+                  full_layers=32, model_flops_per_step=flops,
+                  memory=dict(total_bytes=total_gib * 2**30, capacity_bytes=95 * 2**30,
+                              fits=True),
+                  xla_cost_model_estimate=dict(step_seconds=seconds,
+                                               mfu=flops / seconds / (4 * 459e12)))
+    (row,) = aot.scaled_to_full_depth([result(2, 3.0, 1.0), result(4, 5.0, 1.5)])
+    self.assertEqual((row["llm_layers"], row["scaled_from"]), (32, [2, 4]))
+    self.assertAlmostEqual(row["memory"]["total_bytes"], 33.0 * 2**30)   # 3 + 30 x 1 GiB
+    self.assertAlmostEqual(row["xla_cost_model_estimate"]["step_seconds"], 8.5)
+    self.assertAlmostEqual(row["xla_cost_model_estimate"]["mfu"], 32e15 / 8.5 / (4 * 459e12))
+    self.assertIn("| p | v5p-8 | splash |", aot.format_table([result(2, 3.0, 1.0)]))
+
+
 class TpuCompileTest(absltest.TestCase):
 
   def test_tiny_splash_step_has_mosaic_kernels_forward_and_backward(self):
