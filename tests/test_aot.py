@@ -91,6 +91,14 @@ class TpuCompileTest(absltest.TestCase):
     self.assertEqual(r["device_kind"], "TPU v5")
     self.assertTrue(r["memory"]["fits"])
 
+  def test_tiny_generation_compiles_prefill_and_decode(self):
+    r = compile_for("v5p-8", "configs/finetune.py", "--target=generate", "--prompt_len=128",
+                    "--new_tokens=32", "--gen_batch=4")
+    for phase in ("prefill", "decode"):
+      self.assertTrue(r[phase]["memory"]["fits"], phase)
+      self.assertGreater(r[phase]["xla_cost_model_estimate"]["flops"], 0, phase)
+    self.assertEqual(r["device_kind"], "TPU v5")
+
   def test_llava15_7b_stage2_fits_v5p8_sharded(self):
     r = compile_for("v5p-8", "configs/finetune.py:llava15_7b", "--config.model.llm.layers=2",
                     "--config.model.dtype=bfloat16", "--config.model.remat=full",
