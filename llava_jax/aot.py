@@ -284,7 +284,7 @@ def scaled_to_full_depth(results: list[dict]) -> list[dict]:
   for group in groups.values():
     group.sort(key=lambda r: r["llm_layers"])
     a, b = group[0], group[-1]
-    full = a["full_layers"]
+    full = a.get("full_layers", a["llm_layers"])  # results written before the field: as compiled
     if a["llm_layers"] == b["llm_layers"] or a["llm_layers"] == full:
       rows.append(dict(b, scaled_from=None))
       continue
