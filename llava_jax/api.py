@@ -186,7 +186,8 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, mesh=None,
   if dtype is not None:
     model_cfg = ml_collections.ConfigDict(model_cfg.to_dict())
     model_cfg.dtype = dtype
-  module = model_lib.build(model_cfg)
+  devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
+  module = model_lib.build(model_cfg, model_lib.platform_of(devices))
   target = _abstract_params(module, model_cfg, mesh)
   checkpoint = sources.read_checkpoint(path, target=target, dtype=model_cfg.param_dtype)
   params = _split_decoder_layers(checkpoint.params, target, model_cfg.llm.layers)

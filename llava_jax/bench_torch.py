@@ -37,10 +37,11 @@ def torch_inputs(batch: dict, image_token_id: int, image_tokens: int) -> dict:
   )
 
 
-def time_torch_train_step(model_cfg, batch: dict, *, image_tokens: int, train_llm: bool,
+def make_torch_train_step(model_cfg, batch: dict, *, image_tokens: int, train_llm: bool,
                           train_projector: bool, learning_rate: float, grad_clip_norm: float,
-                          steps: int, warmup: int = 1, seed: int = 0) -> dict:
-  """Median wall time of `steps` eager torch training steps (forward, backward, clip, AdamW).
+                          seed: int = 0):
+  """(step() -> loss, info dict): one eager torch training step (forward, backward, clip, AdamW)
+  on `batch`, for timing alternately with ours.
 
   Gradients are clipped to `grad_clip_norm` (<= 0: not clipped) as HF's Trainer does for LLaVA.
   """
@@ -66,6 +67,14 @@ def time_torch_train_step(model_cfg, batch: dict, *, image_tokens: int, train_ll
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
 
+  return step, dict(torch_version=torch.__version__, threads=torch.get_num_threads(),
+                    trainable_params=sum(p.numel() for p in trainable))
+
+
+def time_torch_train_step(model_cfg, batch: dict, *, steps: int, warmup: int = 1,
+                          **step_kw) -> dict:
+  """Median wall time of `steps` torch training steps (`make_torch_train_step`)."""
+  step, info = make_torch_train_step(model_cfg, batch, **step_kw)
   for _ in range(warmup):
     step()
   times, losses = [], []
@@ -73,6 +82,4 @@ def time_torch_train_step(model_cfg, batch: dict, *, image_tokens: int, train_ll
     start = time.perf_counter()
     losses.append(step())
     times.append(time.perf_counter() - start)
-  return dict(step_time_s=statistics.median(times), step_times_s=times, losses=losses,
-              torch_version=torch.__version__, threads=torch.get_num_threads(),
-              trainable_params=sum(p.numel() for p in trainable))
+  return dict(step_time_s=statistics.median(times), step_times_s=times, losses=losses, **info)

@@ -9,17 +9,36 @@ from llava_jax.model.llava import Llava
 from llava_jax.model.llava import LlavaConfig
 from llava_jax.model.vision import VisionConfig
 
+PLATFORMS = ("cpu", "gpu", "tpu")
 
-def model_dataclass(model_cfg) -> LlavaConfig:
-  """Plain frozen hyperparameters from the ConfigDict `configs.common.model_config(...)`."""
+
+def platform_of(devices) -> str:
+  """The platform ('cpu', 'gpu' or 'tpu') of the devices a step or generator is built for."""
+  platforms = {d.platform for d in devices}
+  if len(platforms) != 1:
+    raise ValueError(f"devices of one mesh must share a platform, got {sorted(platforms)}")
+  platform = platforms.pop()
+  return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def model_dataclass(model_cfg, platform: str | None = None) -> LlavaConfig:
+  """Plain frozen hyperparameters from the ConfigDict `configs.common.model_config(...)`.
+
+  `platform` is that of the devices the module will run on (a mesh's; for an ahead-of-time
+  compile, the target topology's): it picks the layer unroll and whether Pallas kernels run
+  compiled (TPU) or interpreted. Default: the local devices' platform.
+  """
+  platform = platform_of(jax.local_devices()) if platform is None else platform
+  if platform not in PLATFORMS:
+    raise ValueError(f"platform {platform!r}: expected one of {PLATFORMS}")
   top = {k: v for k, v in model_cfg.to_dict().items() if k not in ("vision", "llm", "preset")}
   if not top.get("scan_unroll"):
     # 0 (auto): XLA:CPU runs the unrolled layer loop faster (its rolled loop zero-fills the
     # stacked per-layer residual buffers, 5-10% of the tiny step); accelerators keep the rolled
     # loop, whose compile time does not grow with depth.
-    top["scan_unroll"] = model_cfg.llm.layers if jax.default_backend() == "cpu" else 1
+    top["scan_unroll"] = model_cfg.llm.layers if platform == "cpu" else 1
   return LlavaConfig(vision=VisionConfig(**model_cfg.vision.to_dict()),
-                     llm=DecoderConfig(**model_cfg.llm.to_dict()), **top)
+                     llm=DecoderConfig(**model_cfg.llm.to_dict()), platform=platform, **top)
 
 
 def unbox(tree):
@@ -27,10 +46,14 @@ def unbox(tree):
   return meta.unbox(tree)
 
 
-def build(model_cfg) -> Llava:
-  """The Llava module for a model ConfigDict; parameters come from `model.init` or a checkpoint."""
-  return Llava(model_dataclass(model_cfg))
+def build(model_cfg, platform: str | None = None) -> Llava:
+  """The Llava module for a model ConfigDict; parameters come from `model.init` or a checkpoint.
+
+  `platform`: of the devices it runs on (see `model_dataclass`); callers with a mesh pass
+  `platform_of(mesh.devices.flat)`.
+  """
+  return Llava(model_dataclass(model_cfg, platform))
 
 
-__all__ = ["build", "unbox", "model_dataclass", "init_cache", "Llava", "LlavaConfig",
+__all__ = ["build", "unbox", "model_dataclass", "platform_of", "PLATFORMS", "init_cache", "Llava", "LlavaConfig",
            "DecoderConfig", "VisionConfig"]

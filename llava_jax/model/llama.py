@@ -79,6 +79,7 @@ class Attention(nn.Module):
   dtype: jnp.dtype
   param_dtype: jnp.dtype
   implementation: str
+  platform: str = "cpu"   # of the target devices; splash is compiled on "tpu", else interpreted
 
   @nn.compact
   def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, segment_ids_BxT, cache_index,
@@ -96,7 +97,8 @@ class Attention(nn.Module):
     q_BxTxHxDh = nn.with_logical_constraint(q_BxTxHxDh, ("batch", "length", "act_heads", None))
     new_cache = None
     if layer_cache is None and self.implementation == "splash" and splash.tiles(x_BxTxD.shape[1]):
-      o_BxTxHxDh = splash.causal_attention(q_BxTxHxDh, k_BxTxKxDh, v, segment_ids_BxT)
+      o_BxTxHxDh = splash.causal_attention(q_BxTxHxDh, k_BxTxKxDh, v, segment_ids_BxT,
+                                           interpret=self.platform != "tpu")
     elif layer_cache is None:
       # Splash needs lengths in whole tiles (training checks data.max_len); scoring an odd
       # length (llava_jax.load(...).logits) takes the reference path instead.
@@ -146,13 +148,14 @@ class DecoderBlock(nn.Module):
   dtype: jnp.dtype
   param_dtype: jnp.dtype
   implementation: str
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, segment_ids_BxT, cache_index,
                layer_cache):
     cfg, dt, pdt = self.cfg, self.dtype, self.param_dtype
     h = layers.RMSNorm(cfg.norm_eps, dt, pdt, name="attn_norm")(x_BxTxD)
-    h, new_cache = Attention(cfg, dt, pdt, self.implementation, name="attn")(
+    h, new_cache = Attention(cfg, dt, pdt, self.implementation, self.platform, name="attn")(
         h, cos_BxTxDh, sin_BxTxDh, mask_BxTxS, segment_ids_BxT, cache_index, layer_cache)
     x_BxTxD = x_BxTxD + h
     h = layers.RMSNorm(cfg.norm_eps, dt, pdt, name="mlp_norm")(x_BxTxD)
@@ -168,6 +171,7 @@ class Decoder(nn.Module):
   remat: str = "none"
   attention: str = "xla"
   scan_unroll: int = 1  # layers per loop iteration; cfg.layers = a fully unrolled loop
+  platform: str = "cpu"  # of the target devices (kernels compiled on "tpu", else interpreted)
 
   def setup(self):
     cfg, dt, pdt = self.cfg, self.dtype, self.param_dtype
@@ -185,7 +189,7 @@ class Decoder(nn.Module):
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast,) * 5 + (0,), length=cfg.layers,
         unroll=self.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
-            cfg, dt, pdt, self.attention)
+            cfg, dt, pdt, self.attention, self.platform)
     self.final_norm = layers.RMSNorm(cfg.norm_eps, dt, pdt)
     if not cfg.tie_embeddings:
       self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,
@@ -211,7 +215,8 @@ class Decoder(nn.Module):
     layer_trees = nn.meta.unbox(self.variables["params"]["layers"])
     if not isinstance(layer_trees, (tuple, list)):
       layer_trees = split_layer_params(layer_trees, self.cfg.layers)
-    block = DecoderBlock(self.cfg, self.dtype, self.param_dtype, self.attention, parent=None)
+    block = DecoderBlock(self.cfg, self.dtype, self.param_dtype, self.attention, self.platform,
+                         parent=None)
     new_k, new_v = [], []
     for l, layer_params in enumerate(layer_trees):
       layer_cache = None if k_cache is None else dict(k=k_cache[l], v=v_cache[l])

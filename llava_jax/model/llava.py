@@ -43,6 +43,7 @@ class LlavaConfig:
   remat: str = "none"
   attention: str = "xla"
   scan_unroll: int = 1  # decoder layers per scan iteration (build() resolves the config's 0)
+  platform: str = "cpu"  # of the target devices: TPU runs Pallas kernels compiled, others interpret
 
   @property
   def num_image_tokens(self) -> int:
@@ -78,7 +79,8 @@ class Llava(nn.Module):
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.vision = vision_lib.VisionTower(cfg.vision, dt, pdt, cfg.remat)
     self.projector = projector_lib.Projector(cfg.projector, cfg.llm.dim, dt, pdt)
-    self.llm = llama.Decoder(cfg.llm, dt, pdt, cfg.remat, cfg.attention, cfg.scan_unroll)
+    self.llm = llama.Decoder(cfg.llm, dt, pdt, cfg.remat, cfg.attention, cfg.scan_unroll,
+                           cfg.platform)
 
   def encode_images(self, pixels_BxMxHxWx3):
     """Projected image features [B, M, N, D]."""

@@ -3,11 +3,13 @@
 The kernel never materializes the [T, S] scores (blocked online softmax, forward and backward),
 skips fully masked blocks of the causal mask, and keeps packed samples apart with segment ids.
 Grouped-query attention maps onto its multi-query form: one kernel call per key/value head
-(vmapped), its G query heads sharing that head. Off TPU it runs in Pallas' interpreter (slow;
-for tests). Under a mesh (training traces with one, see `sharding.with_activation_rules`) the
+(vmapped), its G query heads sharing that head. Built for non-TPU devices (`interpret=True`,
+from the model's `platform`) it runs in Pallas' interpreter (slow; for tests). Under a mesh (training traces with one, see `sharding.with_activation_rules`) the
 kernel runs per shard through `shard_map`: rows over the batch axes, key/value heads over the
 axis `act_heads` maps to.
 """
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -44,19 +46,20 @@ def _kernel(length: int, group: int, interpret: bool):
                                     interpret=interpret)
 
 
-def _attend(q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, segment_ids_BxT):
+def _attend(q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh, segment_ids_BxT, *, interpret: bool):
   _, _, group, length, _ = q_BxKxGxTxDh.shape
-  kernel = _kernel(length, group, jax.default_backend() != "tpu")
+  kernel = _kernel(length, group, interpret)
   per_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))
   per_row = jax.vmap(per_head, in_axes=(0, 0, 0, kernel_lib.SegmentIds(0, 0)))
   return per_row(q_BxKxGxTxDh, k_BxKxTxDh, v_BxKxTxDh,
                  kernel_lib.SegmentIds(q=segment_ids_BxT, kv=segment_ids_BxT))
 
 
-def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT):
+def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT, *, interpret: bool):
   """softmax(q k^T / sqrt(Dh)) v within each segment, causally; [B, T, H, Dh] in q's dtype.
 
-  Padding (segment 0) attends to padding only; its outputs are never used.
+  Padding (segment 0) attends to padding only; its outputs are never used. `interpret`: run
+  Pallas' interpreter (targets other than TPU) instead of the Mosaic kernel.
   """
   b, t, h, dh = q_BxTxHxDh.shape
   kv = k_BxTxKxDh.shape[2]
@@ -65,12 +68,12 @@ def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT):
   k = jnp.swapaxes(k_BxTxKxDh, 1, 2).astype(q.dtype)
   v = jnp.swapaxes(v_BxTxKxDh, 1, 2).astype(q.dtype)
   segment_ids = segment_ids_BxT.astype(jnp.int32)
-  attend = _attend
+  attend = functools.partial(_attend, interpret=interpret)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     rows, heads = nn.logical_to_mesh_axes(("batch", "act_heads"))
     qkv_spec = PartitionSpec(rows, heads)
-    attend = jax.shard_map(_attend, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec,
+    attend = jax.shard_map(attend, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec,
                                                          PartitionSpec(rows)),
                            out_specs=qkv_spec, check_vma=False)
   o_BxKxGxTxDh = attend(q, k, v, segment_ids)

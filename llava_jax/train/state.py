@@ -112,5 +112,5 @@ def place_params(params, abstract_params):
 def make_factory(config: ml_collections.ConfigDict, mesh, num_steps: int):
   """(StateFactory for model + optimizer on `mesh`, the learning-rate schedule)."""
   tx, schedule = optimizer.make_optimizer(config.optim, num_steps)
-  model = model_lib.build(config.model)
+  model = model_lib.build(config.model, model_lib.platform_of(mesh.devices.flat))
   return StateFactory(model, config.model, tx, config.optim.trainable, mesh), schedule

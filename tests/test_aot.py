@@ -1,0 +1,121 @@
+"""llava_jax.aot: train steps compiled for TPU slices with libtpu, no TPU attached.
+
+libtpu is found in `.libtpu/` at the repository root (`.ci/run` installs it there with
+`pip install --target .libtpu "libtpu==0.0.42.*"`) or in $LLAVA_JAX_LIBTPU. Each compile runs in
+a subprocess with libtpu on its own PYTHONPATH, so this test process (and the rest of the suite)
+never loads it.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+from llava_jax import aot
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+LIBTPU = pathlib.Path(os.environ.get("LLAVA_JAX_LIBTPU", _ROOT / ".libtpu"))
+
+
+def compile_for(topology: str, config: str, *overrides: str) -> dict:
+  """Runs `python -m llava_jax.aot` for `topology` in a subprocess; its JSON result."""
+  if not (LIBTPU / "libtpu").is_dir():
+    raise AssertionError(f"libtpu not found in {LIBTPU}: "
+                         'pip install --target .libtpu "libtpu==0.0.42.*"')
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "result.json")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LIBTPU), str(_ROOT)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava_jax.aot", f"--config={config}", f"--topology={topology}",
+         f"--libtpu={LIBTPU}", f"--out={out}", *overrides],
+        check=False, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+      raise AssertionError(f"aot failed:\n{proc.stderr[-4000:]}")
+    with open(out) as f:
+      return json.load(f)
+
+
+class SliceNamesTest(absltest.TestCase):
+
+  def test_gcloud_names_map_to_topologies(self):
+    for name, topology, chips in (("v5p-8", "v5p:2x2x1", 4), ("v5p-64", "v5p:2x4x4", 32),
+                                  ("v4-64", "v4:2x4x4", 32), ("v4-8", "v4:2x2x1", 4),
+                                  ("v5litepod-256", "v5e:16x16", 256),
+                                  ("v5litepod-8", "v5e:2x4", 8), ("v6e-64", "v6e:8x8", 64)):
+      tpu_slice = aot.parse_slice(name)
+      self.assertEqual((tpu_slice.topology_name, tpu_slice.chips), (topology, chips), name)
+
+  def test_bad_names_are_refused(self):
+    for name in ("v5p", "v5p-12", "v3-8", "v5p-2"):
+      with self.assertRaisesRegex(ValueError, "--topology"):
+        aot.parse_slice(name)
+
+
+class TableTest(absltest.TestCase):
+
+  def test_two_layer_counts_extrapolate_to_full_depth(self):
+    def result(layers, total_gib, seconds):
+      flops = 1e15 * layers
+      return dict(target="train", preset="p", topology="v5p-8", attention="splash",
+                  remat="full", batch_size=8, seq_len=2048, grad_accum_steps=1,
+                  loss_chunk_len=0, mu_dtype="float32", mesh={}, llm_layers=layers,
+                  full_layers=32, model_flops_per_step=flops,
+                  memory=dict(total_bytes=total_gib * 2**30, capacity_bytes=95 * 2**30,
+                              fits=True),
+                  xla_cost_model_estimate=dict(step_seconds=seconds,
+                                               mfu=flops / seconds / (4 * 459e12)))
+    (row,) = aot.scaled_to_full_depth([result(2, 3.0, 1.0), result(4, 5.0, 1.5)])
+    self.assertEqual((row["llm_layers"], row["scaled_from"]), (32, [2, 4]))
+    self.assertAlmostEqual(row["memory"]["total_bytes"], 33.0 * 2**30)   # 3 + 30 x 1 GiB
+    self.assertAlmostEqual(row["xla_cost_model_estimate"]["step_seconds"], 8.5)
+    self.assertAlmostEqual(row["xla_cost_model_estimate"]["mfu"], 32e15 / 8.5 / (4 * 459e12))
+    self.assertIn("| p | v5p-8 | splash |", aot.format_table([result(2, 3.0, 1.0)]))
+
+
+class TpuCompileTest(absltest.TestCase):
+
+  def test_tiny_splash_step_has_mosaic_kernels_forward_and_backward(self):
+    layers = 2
+    r = compile_for("v5p-8", "configs/finetune.py", "--config.model.attention=splash",
+                    "--config.data.max_len=256", f"--config.model.llm.layers={layers}")
+    # Per layer the splash kernel's forward, and its dq and dkv backward kernels: an
+    # interpreted kernel (platform taken from the CPU host) would leave none.
+    self.assertEqual(r["mosaic_kernels"], 3 * layers, r["mosaic_kernel_names"])
+    names = " ".join(r["mosaic_kernel_names"])
+    for part in ("fwd", "dq", "dkv"):
+      self.assertIn(part, names)
+    self.assertEqual(r["device_kind"], "TPU v5")
+    self.assertTrue(r["memory"]["fits"])
+
+  def test_tiny_generation_compiles_prefill_and_decode(self):
+    r = compile_for("v5p-8", "configs/finetune.py", "--target=generate", "--prompt_len=128",
+                    "--new_tokens=32", "--gen_batch=4")
+    for phase in ("prefill", "decode"):
+      self.assertTrue(r[phase]["memory"]["fits"], phase)
+      self.assertGreater(r[phase]["xla_cost_model_estimate"]["flops"], 0, phase)
+    self.assertEqual(r["device_kind"], "TPU v5")
+
+  def test_llava15_7b_stage2_fits_v5p8_sharded(self):
+    r = compile_for("v5p-8", "configs/finetune.py:llava15_7b", "--config.model.llm.layers=2",
+                    "--config.model.dtype=bfloat16", "--config.model.remat=full",
+                    "--config.model.attention=splash",
+                    "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+                    "--config.train.batch_size=8", "--config.data.max_len=2048")
+    memory = r["memory"]
+    self.assertLess(memory["total_bytes"], memory["capacity_bytes"])
+    # Parameters and optimizer state split over the 4 chips (fsdp), not replicated: the step's
+    # argument bytes per chip are about the state's total / chips (+ the batch's shard).
+    per_chip = r["state_bytes_total"] / r["chips"]
+    self.assertBetween(memory["argument_bytes"], 0.9 * per_chip, 1.2 * per_chip)
+    # Compiled splash, not the interpreter (remat may add recomputed forward kernels).
+    self.assertGreaterEqual(r["mosaic_kernels"], 3 * 2)
+    self.assertIn("all-gather", r["collectives"])
+    self.assertIn("reduce-scatter", r["collectives"])
+
+
+if __name__ == "__main__":
+  absltest.main()
