@@ -12,6 +12,7 @@ import numpy as np
 
 from configs import common
 from configs import finetune
+from configs import finetune_lora
 from configs import pretrain
 from llava_jax.train import loop
 
@@ -22,7 +23,8 @@ TINY_LLM = dict(vocab_size=2048, dim=64, layers=2, heads=4, kv_heads=2, head_dim
 
 def tiny_config(stage: str = "finetune", **train) -> ml_collections.ConfigDict:
   """The demo preset of a stage config with a shrunken model and a few steps (unlocked)."""
-  config = {"finetune": finetune, "pretrain": pretrain}[stage].get_config("demo")
+  config = {"finetune": finetune, "pretrain": pretrain,
+            "finetune_lora": finetune_lora}[stage].get_config("demo")
   config.model.vision.update(TINY_VISION)
   config.model.llm.update(TINY_LLM)
   config.data.max_len = 48

@@ -19,7 +19,6 @@ import numpy as np
 from llava_jax import checkpoint
 from llava_jax import sharding
 from llava_jax.model import splash
-from llava_jax.train import init as init_lib
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import step as step_lib
 from llava_jax.train.state import TrainState, make_factory
@@ -113,11 +112,10 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
 
   start = manager.latest_step()
   if start is not None:
-    state = TrainState.from_dict(
-        checkpoint.restore(manager, start, factory.abstract.to_dict(), data.iterator))
+    state = factory.restore(manager, start, data.iterator, config.init, init_rng)
   else:
     start = 0
-    state = factory.state_from_params(init_lib.initial_params(config.init, factory, init_rng))
+    state = factory.initial_state(config.init, init_rng)
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
 
@@ -127,7 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   reporter.write(f"steps {start} -> {num_steps}, mesh {dict(mesh.shape)}, "
                  f"{factory.num_trainable():,} of {factory.num_params():,} parameters train")
   save = lambda step, force=False: checkpoint.save(
-      manager, step, state.to_dict(), config, data.iterator, force=force)
+      manager, step, factory.saved(state), config, data.iterator, force=force)
   try:
     with _Sigterm() as sigterm:
       step = start
