@@ -32,6 +32,7 @@ def _define_flags():
   flags.DEFINE_enum("task", None, ["scienceqa", "llava_bench", "text"], "Which evaluation.")
   flags.DEFINE_string("data", None, "Task data file.")
   flags.DEFINE_string("ckpt", None, "Model to evaluate, loaded in this process.")
+  flags.DEFINE_string("adapter", None, "LoRA adapters merged on load: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
   flags.DEFINE_string(
     "api_base", None, "Instead of --ckpt: an OpenAI-compatible server serving the model.")
   flags.DEFINE_string("model", None, "Model name sent to --api_base (default: none, "
@@ -64,7 +65,8 @@ def make_answer_fn() -> answering.AnswerFn:
                                       temperature=FLAGS.temperature,
                                       concurrency=FLAGS.batch_size)
   from llava_jax.eval import model_answering  # Deferred: pulls in JAX and the model.
-  return model_answering.load_answer_fn(FLAGS.ckpt, max_new_tokens=FLAGS.max_new_tokens,
+  return model_answering.load_answer_fn(FLAGS.ckpt, adapter=FLAGS.adapter,
+                                        max_new_tokens=FLAGS.max_new_tokens,
                                         temperature=FLAGS.temperature)
 
 

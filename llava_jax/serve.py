@@ -395,6 +395,7 @@ def make_server(chat_model, host: str = "127.0.0.1", port: int = 8000, *,
 def _define_flags():
   """Flags exist only when this module is the program (chat and tests import it too)."""
   flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
+  flags.DEFINE_string("adapter", None, "LoRA adapters merged on load: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on.")
   flags.DEFINE_integer("port", 8000, "Port to listen on.")
   flags.DEFINE_string("model_name", None, "Model id to serve (default: the directory name).")
@@ -411,7 +412,7 @@ def main(argv):
 
   f = flags.FLAGS
   try:
-    chat_model = chat.load_for_chat(f.ckpt)
+    chat_model = chat.load_for_chat(f.ckpt, f.adapter)
   except chat.ChatError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -2,6 +2,8 @@
 
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -10,13 +12,17 @@ import numpy as np
 from absl.testing import absltest
 from flax import traverse_util
 
+import llava_jax
 from llava_jax import checkpoint
+from llava_jax.convert import exporter
+from llava_jax.convert import peft as peft_lib
 from llava_jax import model as model_lib
 from llava_jax.model import lora as lora_lib
 from llava_jax.train import loop
 from llava_jax.train import lora_state
 from llava_jax.train import optimizer
 from llava_jax.train.state import init_inputs
+from tests import tiny_llava
 from tests import train_fixtures
 
 
@@ -153,6 +159,34 @@ class LoraTrainingTest(absltest.TestCase):
     state = loop.run(self.config, workdir, train_fixtures.synthetic_data(self.config))
     self.assertEqual(int(state.step), 4)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), self.final_params)
+
+  def test_workdir_loads_merged_and_exports_to_peft(self):
+    model = llava_jax.load(self.workdir)
+    batch = train_fixtures.batch_of(self.config)
+    ids, pixels = batch["input_ids"][:2], batch["pixels"][:2]
+    base, adapters = lora_state.split_adapters(self.final_params)
+    on_the_fly = model_lib.build(self.config.model).apply(
+        {"params": base, lora_lib.LORA: adapters}, ids, pixels)
+    merged = model.module.apply({"params": model.params}, ids, pixels)
+    np.testing.assert_allclose(merged, on_the_fly, atol=1e-4, rtol=0)
+    out = self.tmp / "peft"
+    exporter.export_peft(self.workdir, out)
+    read, projector = peft_lib.read_adapter_dir(out, self.config.model)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), read, adapters)
+    jax.tree.map(np.testing.assert_array_equal, projector, base["projector"])
+
+  def test_merge_lora_flag_is_checked(self):
+    def convert(*args):
+      return subprocess.run([sys.executable, "-m", "llava_jax.convert", "to-hf", *args],
+                            capture_output=True, text=True, cwd=tiny_llava.REPO)
+    without_flag = convert(f"--ckpt={self.workdir}", f"--out={self.tmp / 'hf1'}")
+    self.assertNotEqual(without_flag.returncode, 0)
+    self.assertIn("holds LoRA adapters; pass --merge_lora", without_flag.stderr)
+    plain = self.tmp / "plain"
+    tiny_llava.write_tiny_model_dir(plain)
+    no_adapters = convert("--merge_lora", f"--ckpt={plain}", f"--out={self.tmp / 'hf2'}")
+    self.assertNotEqual(no_adapters.returncode, 0)
+    self.assertIn("has no LoRA adapters", no_adapters.stderr)
 
   def test_projector_learning_rate_group(self):
     labels = optimizer.lr_group_labels(self.final_params, self.config.optim.lr_groups)

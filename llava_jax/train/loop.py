@@ -182,7 +182,12 @@ def _finished_message(workdir: pathlib.Path, step: int, config) -> str:
   images = sorted(p for p in pathlib.Path(config.data.image_dir).glob("*") if p.is_file())
   image = images[0] if images else "IMAGE.jpg"
   step_dir = checkpoint.checkpoints_dir(workdir) / str(step)
-  return (f"\nTraining done at step {step}. Checkpoint: {step_dir}\n"
-          f"Chat with it:\n  python -m llava_jax.chat --ckpt={workdir} --image={image}\n"
-          f"Export it to Hugging Face format:\n"
-          f"  python -m llava_jax.convert to-hf --ckpt={workdir} --out={workdir}/hf\n")
+  message = (f"\nTraining done at step {step}. Checkpoint: {step_dir}\n"
+             f"Chat with it:\n  python -m llava_jax.chat --ckpt={workdir} --image={image}\n")
+  if config.lora.rank > 0:
+    return message + (
+        f"Export the adapters for PEFT, or merged into a llava-hf model:\n"
+        f"  python -m llava_jax.convert to-peft --ckpt={workdir} --out={workdir}/peft\n"
+        f"  python -m llava_jax.convert to-hf --merge_lora --ckpt={workdir} --out={workdir}/hf\n")
+  return message + (f"Export it to Hugging Face format:\n"
+                    f"  python -m llava_jax.convert to-hf --ckpt={workdir} --out={workdir}/hf\n")
