@@ -71,6 +71,10 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   # Regexes fully matching Dense layer paths that get adapters (LLaVA: every decoder linear).
   c.lora.targets = ("llm/layers/(attn/(q|k|v|o)|mlp/(gate|up|down))",)
   c.lora.base_dtype = "float32"        # frozen base weights' storage dtype; bf16 on accelerators
+  # QLoRA: the adapted layers' frozen kernels stored as "int8" | "int4" | "nf4" codes with
+  # absmax scales per quant_block values (llava_jax/model/quant.py); "none" keeps base_dtype.
+  c.lora.quant = "none"
+  c.lora.quant_block = 64
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 200 if demo else 1000   # and always at the end

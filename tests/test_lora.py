@@ -19,6 +19,7 @@ from llava_jax.convert import peft as peft_lib
 from llava_jax import model as model_lib
 from llava_jax.model import lora as lora_lib
 from llava_jax.train import loop
+from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import lora_state
 from llava_jax.train import optimizer
 from llava_jax.train.state import init_inputs
@@ -204,3 +205,48 @@ class LoraTrainingTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class QloraTest(absltest.TestCase):
+
+  def _factory(self, kind):
+    config = _tiny_lora_config()
+    config.lora.quant = kind
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(-1, 1, 1), ("data", "fsdp", "tensor"))
+    factory = lora_state.LoraStateFactory(model_lib.build(config.model), config,
+                                          optimizer.make_optimizer(config.optim, 4)[0], mesh)
+    return config, factory
+
+  def test_quantized_base_matches_the_float_reference(self):
+    config, factory = self._factory("int8")
+    float_base = factory.random_params(jax.random.key(0))
+    ids, pixels = init_inputs(config.model)
+    module = model_lib.build(config.model)
+    want = module.apply({"params": float_base}, ids, pixels)
+    errors = {}
+    for kind, dtype in (("int8", jnp.int8), ("int4", jnp.int4), ("nf4", jnp.uint4)):
+      _, factory = self._factory(kind)
+      base = factory._quantized(float_base)
+      q = base["llm"]["layers"]["mlp"]["up"]
+      self.assertEqual(q["kernel_qvalue"].dtype, dtype)
+      self.assertNotIn("kernel", q)
+      self.assertIn("kernel", base["llm"]["embed"] | base["vision"]["layers"]["mlp"]["fc1"])
+      got = module.apply({"params": base}, ids, pixels)
+      errors[kind] = float(jnp.abs(got - want).max() / jnp.abs(want).max())
+    self.assertLess(errors["int8"], 0.01)
+    self.assertLess(errors["nf4"], 0.2)
+    self.assertLess(errors["int8"], errors["nf4"])
+    self.assertLess(errors["int8"], errors["int4"])
+
+  def test_qlora_trains(self):
+    config = _tiny_lora_config(steps=3)
+    config.lora.quant = "nf4"
+    workdir = pathlib.Path(tempfile.mkdtemp())
+    state = loop.run(config, workdir, train_fixtures.synthetic_data(config))
+    self.assertEqual(state.params["llm"]["layers"]["attn"]["q"]["kernel_qvalue"].dtype, jnp.uint4)
+    losses = [m["loss"] for m in metrics_lib.read_metrics(workdir)]
+    self.assertLess(losses[-1], losses[0])
+
+  def test_unknown_quant_is_named(self):
+    with self.assertRaisesRegex(ValueError, "config.lora.quant: unknown 'fp3'"):
+      self._factory("fp3")

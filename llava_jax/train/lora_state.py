@@ -15,7 +15,9 @@ import ml_collections
 from flax import traverse_util
 
 from llava_jax import checkpoint
+from llava_jax import sharding
 from llava_jax.model import lora as lora_lib
+from llava_jax.model import quant
 from llava_jax.train import optimizer
 from llava_jax.train.state import StateFactory, TrainState, init_inputs
 
@@ -62,10 +64,40 @@ class LoraStateFactory(StateFactory):
       raise ValueError(f"config.optim.trainable={tuple(config.optim.trainable)} selects no "
                        "adapter (lora/...): with config.lora.rank > 0 the adapters must train")
     super().__init__(LoraModel(model), config.model, tx, config.optim.trainable, mesh)
+    # What init.params_from / random init provide: the float base (quantized after loading).
+    boxed = jax.eval_shape(lambda r: self._boxed_base(r, quantized=False), jax.random.key(0))
+    self.float_base_shardings = sharding.logical_shardings(boxed, mesh)
+    self.float_base = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
+        self.float_base_shardings)
 
-  def _boxed_base(self, rng):
+  def _boxed_base(self, rng, quantized: bool = True):
     base = self.model.base.init(rng, *init_inputs(self.model_cfg))["params"]
-    return _cast_frozen(base, self.trainable, jnp.dtype(self.lora_cfg.base_dtype))
+    base = _cast_frozen(base, self.trainable, jnp.dtype(self.lora_cfg.base_dtype))
+    return self._quantize(base) if quantized else base
+
+  def _quantize(self, base):
+    """The adapted layers' kernels as codes + scales (QLoRA); boxed or plain leaves."""
+    if self.lora_cfg.quant == "none":
+      return base
+    flat = traverse_util.flatten_dict(base)
+    for l in self.targets:
+      kernel = flat.pop(l.path + ("kernel",))
+      boxed = isinstance(kernel, nn.LogicallyPartitioned)
+      value = kernel.value if boxed else kernel
+      tiled_axis = (1 if l.stacked else 0) + l.n_in - 1   # the last input dim
+      codes, scales = quant.quantize(value, self.lora_cfg.quant, tiled_axis,
+                                     self.lora_cfg.quant_block)
+      rebox = (lambda v: kernel.replace_boxed(v)) if boxed else (lambda v: v)
+      flat[l.path + ("kernel_qvalue",)] = rebox(codes)
+      flat[l.path + ("kernel_scale",)] = rebox(scales)
+    return traverse_util.unflatten_dict(flat)
+
+  def _quantized(self, base):
+    if self.lora_cfg.quant == "none":
+      return base
+    return jax.jit(self._quantize, in_shardings=(self.float_base_shardings,),
+                   out_shardings=split_adapters(self.shardings.params)[0])(base)
 
   def _boxed_adapters(self, rng):
     return lora_lib.init_adapters(jax.random.fold_in(rng, 1), self.targets, self.lora_cfg.rank,
@@ -75,12 +107,12 @@ class LoraStateFactory(StateFactory):
     return {**self._boxed_base(rng), LORA: self._boxed_adapters(rng)}
 
   def base_target(self):
-    return split_adapters(self.abstract.params)[0]
+    return self.float_base
 
   def random_params(self, rng):
-    """A random base (what `init.params_from=''` starts from); adapters come separately."""
-    init = jax.jit(lambda r: nn.unbox(self._boxed_base(r)),
-                   out_shardings=split_adapters(self.shardings.params)[0])
+    """A random float base (what `init.params_from=''` starts from); adapters come separately."""
+    init = jax.jit(lambda r: nn.unbox(self._boxed_base(r, quantized=False)),
+                   out_shardings=self.float_base_shardings)
     return init(rng)
 
   def fresh_adapters(self, rng):
@@ -90,7 +122,7 @@ class LoraStateFactory(StateFactory):
 
   def initial_state(self, init_cfg, rng) -> TrainState:
     from llava_jax.train import init as init_lib
-    base = init_lib.initial_params(init_cfg, self, rng)
+    base = self._quantized(init_lib.initial_params(init_cfg, self, rng))
     return self.state_from_params({**base, LORA: self.fresh_adapters(rng)})
 
   def _saved_keys(self, params) -> set:
@@ -111,6 +143,6 @@ class LoraStateFactory(StateFactory):
     from llava_jax.train import init as init_lib
     abstract = dict(self.abstract.to_dict(), params=self._saved_params(self.abstract.params))
     saved = checkpoint.restore(manager, step, abstract, data_iter)
-    base = init_lib.initial_params(init_cfg, self, rng)
+    base = self._quantized(init_lib.initial_params(init_cfg, self, rng))
     return TrainState(step=saved["step"], params=optimizer.merge(saved["params"], base),
                       opt_state=saved["opt_state"])
