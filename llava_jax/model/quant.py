@@ -1,11 +1,13 @@
 """Frozen kernels stored quantized (QLoRA): int8, int4 or NF4 codes with blockwise scales.
 
 Numerics are qwix's (`qwix.quantize` / `qwix.dequantize`, Google's JAX quantization library):
-absmax scales per block of `block` values along the kernel's last input dim, one per every other
+absmax scales per block of (up to) `block` values along the kernel's last input dim, one per every other
 dim. The parameter tree keeps plain arrays: a Dense layer's `kernel` becomes `kernel_qvalue`
 (int8 / int4 / uint4 codes, same shape) and `kernel_scale` ([..., in/block, ...] float32); the
 Dense layer dequantizes inside the step, right before its matmul.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +24,13 @@ def quantize(kernel: jax.Array, kind: str, tiled_axis: int, block: int):
   if kind not in QTYPES:
     raise ValueError(f"config.lora.quant: unknown {kind!r} (expected 'none' or one of "
                      f"{tuple(QTYPES)})")
-  size = kernel.shape[tiled_axis]
-  if size % min(block, size):
-    raise ValueError(f"config.lora.quant_block={block} does not divide a kernel dim of {size}")
+  if block < 1:
+    raise ValueError(f"config.lora.quant_block={block}: must be >= 1")
+  # The largest block <= `block` that tiles the dim (352 = 11 x 32 takes 32 for 64).
+  tile = math.gcd(kernel.shape[tiled_axis], block)
   others = tuple(i for i in range(kernel.ndim) if i != tiled_axis)
   q = qwix.quantize(kernel.astype(jnp.float32), QTYPES[kind], channelwise_axes=others,
-                    tiled_axes={tiled_axis: min(block, size)})
+                    tiled_axes={tiled_axis: tile})
   return q.qvalue, q.scale
 
 
