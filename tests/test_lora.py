@@ -246,6 +246,15 @@ class QloraTest(absltest.TestCase):
     self.assertEqual(state.params["llm"]["layers"]["attn"]["q"]["kernel_qvalue"].dtype, jnp.uint4)
     losses = [m["loss"] for m in metrics_lib.read_metrics(workdir)]
     self.assertLess(losses[-1], losses[0])
+    # Loaded for inference it merges into the base as trained (dequantized), not the float one.
+    batch = train_fixtures.batch_of(config)
+    ids, pixels = batch["input_ids"][:2], batch["pixels"][:2]
+    base, adapters = lora_state.split_adapters(jax.device_get(state.params))
+    on_the_fly = model_lib.build(config.model).apply(
+        {"params": base, lora_lib.LORA: adapters}, ids, pixels)
+    model = llava_jax.load(workdir)
+    np.testing.assert_allclose(model.module.apply({"params": model.params}, ids, pixels),
+                               on_the_fly, atol=1e-4, rtol=0)
 
   def test_unknown_quant_is_named(self):
     with self.assertRaisesRegex(ValueError, "config.lora.quant: unknown 'fp3'"):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from llava_jax.convert import peft
 from llava_jax.convert import sources
@@ -74,6 +75,23 @@ def random_base(config: ml_collections.ConfigDict) -> dict:
   return jax.tree.map(lambda x: np.asarray(x.astype(dtype)), init(init_rng))
 
 
+def _as_trained(params: dict, config: ml_collections.ConfigDict, adapters: dict) -> dict:
+  """The base as a QLoRA run saw it: adapted kernels quantized and dequantized again."""
+  if config.lora.quant == "none":
+    return params
+  from llava_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from llava_jax.model import quant  # pylint: disable=g-import-not-at-top
+  from llava_jax.train.state import init_inputs  # pylint: disable=g-import-not-at-top
+  layers = lora_lib.dense_layers(model_lib.build(config.model), *init_inputs(config.model))
+  flat = traverse_util.flatten_dict(params)
+  for path in lora_lib.adapted_layers(adapters):
+    kernel = flat[path + ("kernel",)]
+    codes, scales = quant.quantize(jnp.asarray(kernel), config.lora.quant,
+                                   layers["/".join(path)].last_in_axis, config.lora.quant_block)
+    flat[path + ("kernel",)] = np.asarray(quant.dequantize(codes, scales, kernel.dtype))
+  return traverse_util.unflatten_dict(flat)
+
+
 def apply(params: dict, adapter: Adapter) -> dict:
   """The base `params` with `adapter` merged in and its projector, if any, swapped in."""
   merged = jax.device_get(lora_lib.merge(params, adapter.adapters))
@@ -93,11 +111,14 @@ def merged_checkpoint(base, adapter=None, target=None) -> sources.Checkpoint:
       params = sources.read_checkpoint(found.base).params
     else:
       params = random_base(config)
+    params = _as_trained(params, config, found.adapters)
     ckpt = sources.workdir_checkpoint(config, None)
   else:
     ckpt = sources.read_checkpoint(base)
     found = read_adapter(adapter, ckpt.model_cfg)
     params = ckpt.params
+    if found.train_config is not None:
+      params = _as_trained(params, found.train_config, found.adapters)
   ckpt.params = apply(params, found)
   if target is not None:
     ckpt.params = jax.tree.map(lambda x, t: np.asarray(x, t.dtype), ckpt.params, target)

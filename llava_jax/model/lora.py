@@ -46,6 +46,11 @@ class DenseLayer:
     return self.kernel_shape[start:start + self.n_in]
 
   @property
+  def last_in_axis(self) -> int:
+    """The kernel dim QLoRA's scale blocks tile (the last input dim)."""
+    return (1 if self.stacked else 0) + self.n_in - 1
+
+  @property
   def out_shape(self) -> tuple[int, ...]:
     return self.kernel_shape[(1 if self.stacked else 0) + self.n_in:]
 

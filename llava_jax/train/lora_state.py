@@ -85,8 +85,7 @@ class LoraStateFactory(StateFactory):
       kernel = flat.pop(l.path + ("kernel",))
       boxed = isinstance(kernel, nn.LogicallyPartitioned)
       value = kernel.value if boxed else kernel
-      tiled_axis = (1 if l.stacked else 0) + l.n_in - 1   # the last input dim
-      codes, scales = quant.quantize(value, self.lora_cfg.quant, tiled_axis,
+      codes, scales = quant.quantize(value, self.lora_cfg.quant, l.last_in_axis,
                                      self.lora_cfg.quant_block)
       rebox = (lambda v: kernel.replace_boxed(v)) if boxed else (lambda v: v)
       flat[l.path + ("kernel_qvalue",)] = rebox(codes)
