@@ -63,6 +63,21 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   c.optim.grad_clip_norm = 1.0         # HF Trainer's max_grad_norm; <= 0 disables
   # Parameter paths ('/'-joined, e.g. 'llm/layers/mlp/up/kernel') that train; the rest are frozen.
   c.optim.trainable = trainable
+  # (regex, peak lr) pairs: matching trainable parameters use their own peak (LLaVA's
+  # mm_projector_lr); the schedule's shape is the same. The first match wins.
+  c.optim.lr_groups = ()
+
+  # Low-rank adapters (llava_jax/model/lora.py); rank 0 = none (full or stage training).
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.alpha = 16.0                  # adapter output scaled by alpha / rank
+  # Regexes fully matching Dense layer paths that get adapters (LLaVA: every decoder linear).
+  c.lora.targets = ("llm/layers/(attn/(q|k|v|o)|mlp/(gate|up|down))",)
+  c.lora.base_dtype = "float32"        # frozen base weights' storage dtype; bf16 on accelerators
+  # QLoRA: the adapted layers' frozen kernels stored as "int8" | "int4" | "nf4" codes with
+  # absmax scales per quant_block values (llava_jax/model/quant.py); "none" keeps base_dtype.
+  c.lora.quant = "none"
+  c.lora.quant_block = 64
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 200 if demo else 1000   # and always at the end

@@ -170,12 +170,14 @@ def _split_decoder_layers(params, target, num_layers: int):
   return jax.device_put(split(params), shardings)
 
 
-def load(path: str | pathlib.Path, *, dtype: str | None = None, mesh=None,
-         image_aspect: str | None = None) -> LlavaModel:
+def load(path: str | pathlib.Path, *, adapter: str | pathlib.Path | None = None,
+         dtype: str | None = None, mesh=None, image_aspect: str | None = None) -> LlavaModel:
   """Loads a model directory, a training workdir (latest step) or a llava-hf directory.
 
   Args:
-    path: the checkpoint location.
+    path: the checkpoint location (a LoRA training workdir loads merged into its base).
+    adapter: LoRA adapters merged into `path` on load: a PEFT or LLaVA LoRA directory, or a
+      LoRA training workdir (llava_jax/convert/adapters.py).
     dtype: compute dtype override (e.g. 'bfloat16'); parameters keep the config's param_dtype.
     mesh: optional `jax.sharding.Mesh` (axes data/fsdp/tensor) to shard parameters over;
       default: the first device.
@@ -189,7 +191,11 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, mesh=None,
   devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
   module = model_lib.build(model_cfg, model_lib.platform_of(devices))
   target = _abstract_params(module, model_cfg, mesh)
-  checkpoint = sources.read_checkpoint(path, target=target, dtype=model_cfg.param_dtype)
+  if adapter is not None:
+    from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
+    checkpoint = adapters.merged_checkpoint(path, adapter, target=target)
+  else:
+    checkpoint = sources.read_checkpoint(path, target=target, dtype=model_cfg.param_dtype)
   params = _split_decoder_layers(checkpoint.params, target, model_cfg.llm.layers)
   tokenizer = None
   if checkpoint.tokenizer_dir is not None:

@@ -34,6 +34,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vision_mlp", "tensor"),
     ("vision_heads", "tensor"),
     ("layers", None),
+    ("lora_rank", None),
     ("head_dim", None),
     ("vision_patch", None),
     ("vision_pos", None),

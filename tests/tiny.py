@@ -12,6 +12,7 @@ import transformers
 
 from configs import common
 from configs import finetune
+from configs import finetune_lora
 from configs import pretrain
 from llava_jax import model as model_lib
 from llava_jax.convert import model_dir
@@ -44,7 +45,8 @@ def model_config(image_size: int | None = None, **llm) -> ml_collections.ConfigD
 
 def train_config(stage: str = "finetune", **train) -> ml_collections.ConfigDict:
   """The demo preset of a stage config with a shrunken model and a few steps (unlocked)."""
-  config = {"finetune": finetune, "pretrain": pretrain}[stage].get_config("demo")
+  config = {"finetune": finetune, "pretrain": pretrain,
+            "finetune_lora": finetune_lora}[stage].get_config("demo")
   config.model.vision.update(TRAIN_VISION)
   config.model.llm.update(TRAIN_LLM)
   config.data.max_len = 48

@@ -4,6 +4,9 @@
   python -m llava_jax.convert from-hf --vision=CLIP_DIR --llm=LLAMA_DIR \
       [--projector=mm_projector.bin] --out=MODEL_DIR
   python -m llava_jax.convert to-hf --ckpt=MODEL_DIR_OR_WORKDIR --out=LLAVA_HF_DIR
+  python -m llava_jax.convert to-hf --merge_lora --ckpt=LORA_WORKDIR --out=LLAVA_HF_DIR
+  python -m llava_jax.convert to-hf --merge_lora --ckpt=BASE --adapter=PEFT_DIR --out=LLAVA_HF_DIR
+  python -m llava_jax.convert to-peft --ckpt=LORA_WORKDIR --out=PEFT_DIR
 
 Outputs appear atomically (built in a hidden sibling directory, then renamed) and an existing
 --out is only replaced with --overwrite.
@@ -44,9 +47,13 @@ def _define_flags():
   # to-hf
   flags.DEFINE_string("ckpt", None, "Model directory or training workdir.")
   flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard.")
+  flags.DEFINE_bool("merge_lora", False, "to-hf: merge LoRA adapters into the base weights "
+                    "(needed for a LoRA workdir or --adapter).")
+  flags.DEFINE_string("adapter", None, "to-hf: PEFT / LLaVA LoRA adapter dir or LoRA workdir to "
+                      "merge into --ckpt (with --merge_lora).")
 
 
-COMMANDS = ("from-hf", "to-hf")
+COMMANDS = ("from-hf", "to-hf", "to-peft")
 
 
 def _from_hf():
@@ -70,10 +77,26 @@ def _from_hf():
 def _to_hf():
   if not FLAGS.ckpt:
     raise app.UsageError("to-hf needs --ckpt")
+  from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
+  has_adapters = FLAGS.adapter is not None or adapters.has_adapters(FLAGS.ckpt)
+  if has_adapters and not FLAGS.merge_lora:
+    raise app.UsageError(f"to-hf: {FLAGS.adapter or FLAGS.ckpt} holds LoRA adapters; pass "
+                         "--merge_lora to merge them (or use to-peft to keep them apart)")
+  if FLAGS.merge_lora and not has_adapters:
+    raise app.UsageError(f"to-hf --merge_lora: {FLAGS.ckpt} has no LoRA adapters (a LoRA "
+                         "training workdir, or --adapter=DIR) to merge")
   files = exporter.export_llava_hf(FLAGS.ckpt, FLAGS.out, overwrite=FLAGS.overwrite,
                                    dtype=FLAGS.dtype,
-                                   max_shard_bytes=tensor_files.parse_size(FLAGS.max_shard_size))
+                                   max_shard_bytes=tensor_files.parse_size(FLAGS.max_shard_size),
+                                   adapter=FLAGS.adapter)
   logging.info("wrote llava-hf directory %s (%s)", FLAGS.out, ", ".join(files))
+
+
+def _to_peft():
+  if not FLAGS.ckpt:
+    raise app.UsageError("to-peft needs --ckpt (a LoRA training workdir)")
+  files = exporter.export_peft(FLAGS.ckpt, FLAGS.out, overwrite=FLAGS.overwrite)
+  logging.info("wrote PEFT adapter directory %s (%s)", FLAGS.out, ", ".join(files))
 
 
 def main(argv):
@@ -82,7 +105,7 @@ def main(argv):
         f"usage: python -m llava_jax.convert {{{'|'.join(COMMANDS)}}} --out=DIR ...")
   if not FLAGS.out:
     raise app.UsageError("--out is required")
-  {"from-hf": _from_hf, "to-hf": _to_hf}[argv[1]]()
+  {"from-hf": _from_hf, "to-hf": _to_hf, "to-peft": _to_peft}[argv[1]]()
 
 
 if __name__ == "__main__":

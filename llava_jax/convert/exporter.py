@@ -76,12 +76,17 @@ def _write_chat_template(staging, settings: prompting.PromptSettings) -> None:
 
 
 def export_llava_hf(ckpt: str, out: str, *, overwrite: bool = False, dtype: str | None = None,
-                    max_shard_bytes: int = 5 * 10**9) -> list[str]:
+                    max_shard_bytes: int = 5 * 10**9, adapter: str | None = None) -> list[str]:
   """Writes the checkpoint at `ckpt` (model dir or training workdir) as llava-hf to `out`.
 
-  `dtype`: cast per tensor (default: as stored). Returns the weight file names written.
+  `dtype`: cast per tensor (default: as stored). `adapter`: LoRA adapters merged in first
+  (convert/adapters.py; a LoRA workdir as `ckpt` is always merged). Returns the weight files.
   """
-  checkpoint = sources.read_checkpoint(ckpt)
+  if adapter is not None:
+    from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
+    checkpoint = adapters.merged_checkpoint(ckpt, adapter)
+  else:
+    checkpoint = sources.read_checkpoint(ckpt)
   llava_cfg = hf_config.to_hf(checkpoint.model_cfg, **_token_ids(checkpoint.tokenizer_dir))
   with model_dir.staged_output(out, overwrite) as staging:
     writer = tensor_files.ShardedSafetensorsWriter(staging, max_shard_bytes)
@@ -102,3 +107,18 @@ def export_llava_hf(ckpt: str, out: str, *, overwrite: bool = False, dtype: str 
     config = processor_config(checkpoint.model_cfg, preprocessor)
     (staging / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
   return files
+
+
+def export_peft(ckpt: str, out: str, *, overwrite: bool = False) -> list[str]:
+  """Writes the adapters (and projector) of a LoRA workdir `ckpt` as a PEFT directory `out`."""
+  from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
+  from llava_jax.convert import peft  # pylint: disable=g-import-not-at-top
+  if not adapters.is_lora_workdir(ckpt):
+    raise ValueError(f"{ckpt}: not a LoRA training workdir (configs/finetune_lora.py); it has "
+                     "no adapters to export")
+  model_cfg = sources.read_model_config(ckpt)
+  adapter = adapters.read_adapter(ckpt, model_cfg)
+  config, tensors = peft.to_peft(adapter.adapters, adapter.projector, model_cfg)
+  config["base_model_name_or_path"] = adapter.base or None
+  with model_dir.staged_output(out, overwrite) as staging:
+    return peft.write_peft(staging, config, tensors)

@@ -268,14 +268,18 @@ def _slice(shapes, entry: Entry) -> tuple[int, ...]:
   return full if entry.layer is None else full[1:]
 
 
-def params_to_hf(params: dict, model_cfg: ml_collections.ConfigDict
+def params_to_hf(params: dict, model_cfg: ml_collections.ConfigDict, only: str = ""
                  ) -> Iterator[tuple[str, np.ndarray]]:
-  """Our tree (numpy or jax leaves, boxed or not) -> (HF name, tensor), one at a time."""
+  """Our tree (numpy or jax leaves, boxed or not) -> (HF name, tensor), one at a time.
+
+  `only`: a top-level subtree ('projector') to convert alone; default everything."""
   from llava_jax import model as model_lib
   params = model_lib.unbox(params)
   if set(params) == {"params"}:
     params = params["params"]
   for name, entry in hf_names(model_cfg).items():
+    if only and not entry.path.startswith(only + "/"):
+      continue
     node = params
     for part in entry.path.split("/"):
       if part not in node:

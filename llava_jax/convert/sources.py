@@ -57,8 +57,17 @@ def _from_llava_hf(path: pathlib.Path, dtype) -> Checkpoint:
 
 def _from_training_workdir(path: pathlib.Path, target) -> Checkpoint:
   from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top  # training-side deps
+  config = checkpoint.read_config(path)   # the config saved with the latest committed step
+  if "lora" in config and config.lora.rank > 0:
+    # Adapters + projector only: merged into the base the run names (convert/adapters.py).
+    from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
+    return adapters.merged_checkpoint(path, target=target)
   # Config and params of the same newest intact (checksum-verified) step.
-  config, params = checkpoint.read_config_and_params(path, lambda _: target)
+  return workdir_checkpoint(*checkpoint.read_config_and_params(path, lambda _: target))
+
+
+def workdir_checkpoint(config: ml_collections.ConfigDict, params) -> Checkpoint:
+  """A training run's checkpoint: its params with the tokenizer and image settings of its data."""
   tokenizer = pathlib.Path(config.data.tokenizer)
   preprocessor = model_dir.default_preprocessor(config.model)
   preprocessor[model_dir.IMAGE_ASPECT] = config.data.image_aspect

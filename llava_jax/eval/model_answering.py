@@ -58,9 +58,9 @@ def model_answer_fn(model, *, max_new_tokens: int = 256,
   return answer
 
 
-def load_answer_fn(ckpt: str, **kw) -> answering.AnswerFn:
+def load_answer_fn(ckpt: str, adapter: str | None = None, **kw) -> answering.AnswerFn:
   import llava_jax.api  # Deferred: the whole model stack.
-  return model_answer_fn(llava_jax.api.load(ckpt), **kw)
+  return model_answer_fn(llava_jax.api.load(ckpt, adapter=adapter), **kw)
 
 
 def _pad_images(pixels_MxHxWx3: np.ndarray, m: int) -> np.ndarray:

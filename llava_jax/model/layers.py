@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llava_jax.model import quant
+
 Dtype = Any
 
 # HF initialises every linear layer and embedding with normal(0.02).
@@ -39,16 +41,38 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     in_shape = x.shape[x.ndim - self.n_in:]
-    kernel = self.param("kernel", partitioned(default_init, self.axes),
-                        tuple(in_shape) + self.features, self.param_dtype)
     dtype = self.dtype or x.dtype
+    if self.has_variable("params", QUANTIZED + "_qvalue"):
+      # A frozen quantized kernel (QLoRA, llava_jax/model/quant.py), dequantized in the step.
+      kernel = quant.dequantize(self.get_variable("params", QUANTIZED + "_qvalue"),
+                                self.get_variable("params", QUANTIZED + "_scale"), dtype)
+    else:
+      kernel = self.param("kernel", partitioned(default_init, self.axes),
+                          tuple(in_shape) + self.features, self.param_dtype)
     contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
     y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+    if self.has_variable(LORA, "a"):
+      y = y + lora_delta(x.astype(dtype), self.get_variable(LORA, "a"),
+                         self.get_variable(LORA, "b"), self.get_variable(LORA, "scale"), contract)
     if self.use_bias:
       bias = self.param("bias", partitioned(nn.initializers.zeros_init(), self.axes[self.n_in:]),
                         self.features, self.param_dtype)
       y = y + bias.astype(dtype).reshape((1,) * (y.ndim - len(self.features)) + self.features)
     return y
+
+
+# Variable collection of low-rank adapters (llava_jax/model/lora.py): when a Dense layer finds
+# {'a', 'b', 'scale'} there, it adds scale * (x . a) . b to its output; the kernel is untouched.
+LORA = "lora"
+QUANTIZED = "kernel"   # a quantized kernel is stored as kernel_qvalue + kernel_scale
+
+
+def lora_delta(x, a, b, scale, contract):
+  """scale * (x . a) . b, the adapter term of a Dense layer; a: [in..., R], b: [R, out...]."""
+  dtype = x.dtype
+  h = jax.lax.dot_general(x, a.astype(dtype), (contract, ((), ())))
+  h = jax.lax.dot_general(h, b.astype(dtype), (((h.ndim - 1,), (0,)), ((), ())))
+  return h * scale.astype(dtype)
 
 
 def dense(features, axes: Sequence[str | None], *, n_in=1, use_bias=True, dtype=None,

@@ -186,7 +186,7 @@ class Decoder(nn.Module):
       raise ValueError(f"model.scan_unroll: {self.scan_unroll} is not in [1, {cfg.layers}] "
                        "(layers per loop iteration; 0 in the config picks one)")
     self.layers = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        block, variable_axes={"params": 0, layers.LORA: 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast,) * 5 + (0,), length=cfg.layers,
         unroll=self.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
             cfg, dt, pdt, self.attention, self.platform)

@@ -17,7 +17,7 @@ from llava_jax.train import state as state_lib
 def initial_params(init_cfg: ml_collections.ConfigDict, factory: state_lib.StateFactory,
                    rng: jax.Array):
   """The full parameter tree, placed in the factory's shardings."""
-  target = factory.abstract.params
+  target = factory.base_target()
   if init_cfg.params_from:
     # Imported late: reading llava-hf directories pulls in transformers.
     from llava_jax.convert import sources

@@ -21,7 +21,6 @@ from llava_jax import checkpoint
 from llava_jax import config_check
 from llava_jax import sharding
 from llava_jax.model import splash
-from llava_jax.train import init as init_lib
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import resume
 from llava_jax.train import step as step_lib
@@ -117,13 +116,13 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   check_saved_config = lambda step, step_dir: resume.check(
       checkpoint.read_config(step_dir), config, step, str(workdir))
   start, restored = checkpoint.restore_latest(
-      manager, factory.abstract.to_dict(), data.iterator,
+      manager, factory.saved(factory.abstract), data.iterator,
       strict=config.checkpoint.strict_restore, check=check_saved_config)
   if start is not None:
-    state = TrainState.from_dict(restored)
+    state = factory.from_saved(restored, config.init, init_rng)
   else:
     start = 0
-    state = factory.state_from_params(init_lib.initial_params(config.init, factory, init_rng))
+    state = factory.initial_state(config.init, init_rng)
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
 
@@ -133,7 +132,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   reporter.write(f"steps {start} -> {num_steps}, mesh {dict(mesh.shape)}, "
                  f"{factory.num_trainable():,} of {factory.num_params():,} parameters train")
   save = lambda step, force=False: checkpoint.save(
-      manager, step, state.to_dict(), config, data.iterator, force=force)
+      manager, step, factory.saved(state), config, data.iterator, force=force)
   try:
     with _Sigterm() as sigterm:
       step = start
@@ -190,7 +189,12 @@ def _finished_message(workdir: pathlib.Path, step: int, config) -> str:
   images = sorted(p for p in pathlib.Path(config.data.image_dir).glob("*") if p.is_file())
   image = images[0] if images else "IMAGE.jpg"
   step_dir = checkpoint.checkpoints_dir(workdir) / str(step)
-  return (f"\nTraining done at step {step}. Checkpoint: {step_dir}\n"
-          f"Chat with it:\n  python -m llava_jax.chat --ckpt={workdir} --image={image}\n"
-          f"Export it to Hugging Face format:\n"
-          f"  python -m llava_jax.convert to-hf --ckpt={workdir} --out={workdir}/hf\n")
+  message = (f"\nTraining done at step {step}. Checkpoint: {step_dir}\n"
+             f"Chat with it:\n  python -m llava_jax.chat --ckpt={workdir} --image={image}\n")
+  if config.lora.rank > 0:
+    return message + (
+        f"Export the adapters for PEFT, or merged into a llava-hf model:\n"
+        f"  python -m llava_jax.convert to-peft --ckpt={workdir} --out={workdir}/peft\n"
+        f"  python -m llava_jax.convert to-hf --merge_lora --ckpt={workdir} --out={workdir}/hf\n")
+  return message + (f"Export it to Hugging Face format:\n"
+                    f"  python -m llava_jax.convert to-hf --ckpt={workdir} --out={workdir}/hf\n")

@@ -55,20 +55,40 @@ def warmup_steps(optim: ml_collections.ConfigDict, total_steps: int) -> int:
   return math.ceil(optim.warmup_ratio * total_steps)
 
 
-def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `optim.lr`, then cosine decay to 0 at `total_steps` (LLaVA's)."""
+def make_schedule(optim: ml_collections.ConfigDict, total_steps: int,
+                  peak: float | None = None) -> optax.Schedule:
+  """Linear warmup from 0 to `peak` (default `optim.lr`), then cosine decay to 0 at
+  `total_steps` (LLaVA's)."""
   warmup = warmup_steps(optim, total_steps)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim.lr, warmup_steps=warmup,
+      init_value=0.0, peak_value=optim.lr if peak is None else peak, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=0.0)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
   """(optax transformation for the trainable subtree, its learning-rate schedule)."""
   schedule = make_schedule(optim, total_steps)
+  adamw = lambda lr: optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                                 mu_dtype=jnp.dtype(optim.mu_dtype),
+                                 weight_decay=optim.weight_decay)
+  update = adamw(schedule)
+  groups = tuple(tuple(g) for g in optim.lr_groups)
+  if groups:
+    transforms = {"default": update}
+    transforms.update({str(i): adamw(make_schedule(optim, total_steps, peak))
+                       for i, (_, peak) in enumerate(groups)})
+    update = optax.multi_transform(transforms, lambda params: lr_group_labels(params, groups))
   tx = optax.chain(
       optax.clip_by_global_norm(optim.grad_clip_norm) if optim.grad_clip_norm > 0
       else optax.identity(),
-      optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                  mu_dtype=jnp.dtype(optim.mu_dtype), weight_decay=optim.weight_decay))
+      update)
   return tx, schedule
+
+
+def lr_group_labels(params, groups: Sequence[tuple[str, float]]):
+  """The tree of params with each leaf replaced by its lr group ('0', '1', ... or 'default')."""
+  flat = traverse_util.flatten_dict(params)
+  def label(key):
+    name = path_name(key)
+    return next((str(i) for i, (p, _) in enumerate(groups) if re.fullmatch(p, name)), "default")
+  return traverse_util.unflatten_dict({k: label(k) for k in flat})

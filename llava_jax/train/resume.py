@@ -15,7 +15,8 @@ SHAPE_FIELDS = tuple(
                                    "mlp_dim")] +
     [f"model.llm.{k}" for k in ("vocab_size", "dim", "layers", "heads", "kv_heads", "head_dim",
                                 "mlp_dim", "tie_embeddings")] +
-    ["model.projector", "model.param_dtype", "optim.trainable", "optim.mu_dtype"])
+    ["model.projector", "model.param_dtype", "optim.trainable", "optim.mu_dtype",
+     "lora.rank", "lora.targets", "lora.quant", "lora.quant_block"])
 SCHEDULE_FIELDS = ("train.steps", "train.epochs", "train.batch_size", "optim.lr",
                    "optim.warmup_ratio")
 

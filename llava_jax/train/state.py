@@ -84,6 +84,25 @@ class StateFactory:
     init = jax.jit(lambda r: nn.unbox(self._boxed_params(r)), out_shardings=self.shardings.params)
     return init(rng)
 
+  def base_target(self):
+    """Abstract parameters that `init.params_from` / random init provide (all of them here)."""
+    return self.abstract.params
+
+  def initial_state(self, init_cfg: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+    """Step 0 of a fresh run: parameters from `config.init`, fresh optimizer state."""
+    from llava_jax.train import init as init_lib  # init imports this module
+    return self.state_from_params(init_lib.initial_params(init_cfg, self, rng))
+
+  def saved(self, state: TrainState) -> dict:
+    """What a checkpoint holds of `state` (everything here; LoRA leaves the frozen base out)."""
+    return state.to_dict()
+
+  def from_saved(self, saved: dict, init_cfg: ml_collections.ConfigDict,
+                 rng: jax.Array) -> TrainState:
+    """The state a restored checkpoint (shaped like `saved(abstract)`) stands for."""
+    del init_cfg, rng  # the checkpoint holds everything
+    return TrainState.from_dict(saved)
+
   def state_from_params(self, params) -> TrainState:
     """Step 0 with fresh optimizer state around `params` (any placement; placed here)."""
     params = place_params(params, self.abstract.params)
@@ -113,4 +132,7 @@ def make_factory(config: ml_collections.ConfigDict, mesh, num_steps: int):
   """(StateFactory for model + optimizer on `mesh`, the learning-rate schedule)."""
   tx, schedule = optimizer.make_optimizer(config.optim, num_steps)
   model = model_lib.build(config.model, model_lib.platform_of(mesh.devices.flat))
+  if config.lora.rank > 0:
+    from llava_jax.train import lora_state  # it subclasses StateFactory
+    return lora_state.LoraStateFactory(model, config, tx, mesh), schedule
   return StateFactory(model, config.model, tx, config.optim.trainable, mesh), schedule
