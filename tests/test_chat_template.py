@@ -20,7 +20,7 @@ from llava_jax import prompting
 from llava_jax.convert import exporter
 from llava_jax.convert import sources
 from llava_jax.data import tokenize
-import tiny_llava
+import tiny
 
 IMAGE = np.zeros((40, 56, 3), np.uint8)
 IMAGE[5:20, 10:30] = (200, 30, 40)
@@ -66,7 +66,7 @@ class ChatTemplateTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
-    cls.ours = tiny_llava.write_tiny_model_dir(cls.tmp / "ours")
+    cls.ours = tiny.write_model_dir(cls.tmp / "ours")
     cls.cfg = common.model_config("tiny")
     cls.exported = {}
     for name, settings in SETTINGS.items():

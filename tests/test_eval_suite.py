@@ -14,7 +14,7 @@ from llava_jax.datagen import client as client_lib
 from llava_jax.eval import answer_file
 from llava_jax.eval import llava_bench
 from llava_jax.eval import suite
-import tiny_llava
+import tiny
 
 SAMPLES = eval_fixtures.SAMPLES
 REPO = eval_fixtures.REPO
@@ -119,7 +119,7 @@ class CliTest(absltest.TestCase):
 
   def test_suite_in_process_from_a_checkpoint(self):
     with tempfile.TemporaryDirectory() as tmp:
-      ckpt = tiny_llava.write_tiny_model_dir(os.path.join(tmp, "model"))
+      ckpt = tiny.write_model_dir(os.path.join(tmp, "model"))
       result = subprocess.run(
           [sys.executable, "-m", "llava_jax.evaluate", "--suite=llava15",
            f"--data_root={SAMPLES}", "--benchmarks=gqa", f"--ckpt={ckpt}",

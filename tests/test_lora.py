@@ -23,8 +23,8 @@ from llava_jax.train import lora_state
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import optimizer
 from llava_jax.train.state import init_inputs
-from tests import tiny_llava
 from tests import train_fixtures
+import tiny
 
 
 def _flat_names(tree) -> set[str]:
@@ -179,12 +179,12 @@ class LoraTrainingTest(absltest.TestCase):
   def test_merge_lora_flag_is_checked(self):
     def convert(*args):
       return subprocess.run([sys.executable, "-m", "llava_jax.convert", "to-hf", *args],
-                            capture_output=True, text=True, cwd=tiny_llava.REPO)
+                            capture_output=True, text=True, cwd=tiny.REPO)
     without_flag = convert(f"--ckpt={self.workdir}", f"--out={self.tmp / 'hf1'}")
     self.assertNotEqual(without_flag.returncode, 0)
     self.assertIn("holds LoRA adapters; pass --merge_lora", without_flag.stderr)
     plain = self.tmp / "plain"
-    tiny_llava.write_tiny_model_dir(plain)
+    tiny.write_model_dir(plain)
     no_adapters = convert("--merge_lora", f"--ckpt={plain}", f"--out={self.tmp / 'hf2'}")
     self.assertNotEqual(no_adapters.returncode, 0)
     self.assertIn("has no LoRA adapters", no_adapters.stderr)

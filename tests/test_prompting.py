@@ -14,7 +14,7 @@ import llava_jax
 from llava_jax import prompting
 from llava_jax.data import conversation
 from llava_jax.data import tokenize
-import tiny_llava
+import tiny
 
 IMAGE = np.full((32, 48, 3), 90, np.uint8)
 
@@ -82,7 +82,7 @@ class StoredSettingsTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
-    cls.model_dir = tiny_llava.write_tiny_model_dir(cls.tmp / "ours")
+    cls.model_dir = tiny.write_model_dir(cls.tmp / "ours")
 
   @classmethod
   def tearDownClass(cls):
