@@ -294,7 +294,8 @@ class DecodeTest(parameterized.TestCase):
       band = image_lib.pad_and_resize(image, size)
       self.assertEqual(band.shape, (size, size, 3))
       self.assertLessEqual(np.abs(whole.astype(int) - band).max(), 1)
-      self.assertLess(np.mean(whole != band), 1e-3)
+      # Rounding of the band's resize: ~0.05% of values off by one with Pillow 12, ~1.2% with 13.
+      self.assertLess(np.mean(whole != band), 2e-2)
 
   def test_error_kinds_are_listed(self):
     for kind in ("missing_image", "empty_image", "format_mismatch", "truncated_image",
