@@ -24,6 +24,7 @@ from PIL import Image
 import llava_hf_fixtures as fx
 from llava_jax.serving import app as serving
 from llava_jax.serving import protocol
+import tiny
 
 QUESTION = "What is in the image?"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -122,7 +123,7 @@ class ServeTest(absltest.TestCase):
 
   def test_messages_reach_the_prompt_builder_in_client_order(self):
     seen = []
-    model = _Spy(self.model, seen)
+    model = tiny.RecordingModel(self.model, seen)
     server = _start(model)
     try:
       status, body = _post(server.url, {"max_tokens": 2, "messages": [
@@ -359,20 +360,6 @@ class ServeTest(absltest.TestCase):
         httpx.get(url + "/health")
     finally:
       proc.kill()
-
-
-class _Spy:
-  """The chat model with encode_messages recorded."""
-
-  def __init__(self, model, seen):
-    self._model, self._seen = model, seen
-
-  def encode_messages(self, messages):
-    self._seen.append(messages)
-    return self._model.encode_messages(messages)
-
-  def __getattr__(self, name):
-    return getattr(self._model, name)
 
 
 if __name__ == "__main__":

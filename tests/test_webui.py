@@ -12,6 +12,7 @@ from playwright.sync_api import sync_playwright
 import llava_hf_fixtures as fx
 from llava_jax.serving import app as serving
 from llava_jax.serving import webui
+import tiny
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ class WebUITest(absltest.TestCase):
     seen = []  # the images the page sent (Gradio hands the decoded upload to the worker)
     settings = serving.Settings(model_name="tiny")
     api = serving.make_app(model, settings)
-    api.state.service.model = _Recorder(model, seen)
+    api.state.service.model = tiny.RecordingModel(model, seen)
     server = serving.Running(webui.mount(api, model), settings)
     try:
       with sync_playwright() as p:
@@ -78,20 +79,6 @@ class WebUITest(absltest.TestCase):
         browser.close()
     finally:
       server.stop()
-
-
-class _Recorder:
-  """The chat model with the messages it encodes recorded."""
-
-  def __init__(self, model, seen):
-    self._model, self._seen = model, seen
-
-  def encode_messages(self, messages):
-    self._seen.append(messages)
-    return self._model.encode_messages(messages)
-
-  def __getattr__(self, name):
-    return getattr(self._model, name)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,17 @@ def hf_vision_config(**overrides) -> transformers.CLIPVisionConfig:
 
 def hf_text_config(**overrides) -> transformers.LlamaConfig:
   return transformers.LlamaConfig(**{**HF_TEXT, **overrides})
+
+
+class RecordingModel:
+  """A chat model whose encode_messages calls are recorded in `seen` (serve and web UI tests)."""
+
+  def __init__(self, model, seen: list):
+    self._model, self._seen = model, seen
+
+  def encode_messages(self, messages):
+    self._seen.append(messages)
+    return self._model.encode_messages(messages)
+
+  def __getattr__(self, name):
+    return getattr(self._model, name)
