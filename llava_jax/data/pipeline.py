@@ -226,7 +226,7 @@ class SampleBuilder:
 
   def __call__(self, index: int, example: Example) -> dict[str, Any]:
     """Grain map_with_index: the row plus bookkeeping, or a skip marker."""
-    meta = {"id": example.id, "index": index, "skip": "", "notes": []}
+    meta = {"id": example.id, "where": example.where, "index": index, "skip": "", "notes": []}
     try:
       row, meta["notes"] = self.build_with_notes(example, index)
     except BadSampleError as e:
@@ -274,7 +274,8 @@ class StrictModeError(records_lib.RecordError):
   """data.on_error="strict": the first bad sample, naming the record (picklable across workers)."""
 
   def __reduce__(self):
-    return (StrictModeError, (self.record_id, self.field, self.reason), {"kind": self.kind})
+    return (functools.partial(StrictModeError, kind=self.kind, where=self.where),
+            (self.record_id, self.field, self.reason))
 
 
 class _SkipAndBatchDataset(grain.IterDataset):
@@ -338,7 +339,8 @@ class _SkippingBatchIterator(grain.DatasetIterator):
         break
       if self._spec.strict:
         kind = _reason_kind(element["skip"])
-        raise StrictModeError(element["id"], "sample", element["skip"], kind=kind)
+        raise StrictModeError(element["id"], "sample", element["skip"], kind=kind,
+                              where=element["where"])
       self._count(element, "skipped", "by_reason", "first", element["skip"])
       skipped_in_a_row += 1
       if skipped_in_a_row >= self._spec.epoch_size:
