@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,9 @@ import torch
 import transformers
 
 import llava_hf_fixtures as fx
+import llava_jax
+from llava_jax import checkpoint
+from llava_jax import config_check
 from llava_jax.convert import __main__ as convert_main
 from llava_jax.convert import exporter
 from llava_jax.convert import hf
@@ -167,6 +172,42 @@ class ConvertLlavaHfTest(parameterized.TestCase):
     self.assertEqual(inputs["pixel_values"].shape, (1, 3, fx.IMAGE_SIZE, fx.IMAGE_SIZE))
     # <image> expands to (32 / 8)^2 = 16 patch tokens (CLS dropped by the 'default' strategy).
     self.assertEqual(int((inputs["input_ids"] == fx.IMAGE_TOKEN_ID).sum()), 16)
+
+  def test_model_dir_is_sealed_with_checksums(self):
+    out = self.tmp / "ours_single"
+    sealed = json.loads((out / checkpoint.CHECKSUMS).read_text())["files"]
+    self.assertCountEqual(sealed, [str(p.relative_to(out)) for p in out.rglob("*")
+                                   if p.is_file() and p.name != checkpoint.CHECKSUMS])
+    self.assertTrue(any(name.startswith("params/") for name in sealed))
+    self.assertTrue(checkpoint.verify_step(out))
+
+  def test_a_flipped_byte_is_named_by_load_and_to_hf(self):
+    damaged = self.tmp / "ours_flipped"
+    shutil.copytree(self.tmp / "ours_single", damaged)
+    biggest = max((p for p in (damaged / "params").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    biggest.write_bytes(bytes(data))
+    named = re.escape(str(biggest.relative_to(damaged))) + ": checksum mismatch"
+    with self.assertRaisesRegex(checkpoint.CheckpointError, named):
+      llava_jax.load(damaged)
+    with self.assertRaisesRegex(checkpoint.CheckpointError, named):
+      exporter.export_llava_hf(damaged, self.tmp / "back_flipped")
+    self.assertFalse((self.tmp / "back_flipped").exists())
+
+  def test_a_bad_model_config_is_named_with_its_file_and_field(self):
+    bad = self.tmp / "ours_bad_config"
+    shutil.copytree(self.tmp / "ours_single", bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["model"]["dtype"] = "float33"
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / checkpoint.CHECKSUMS).unlink()   # edited by hand, as an older directory
+    named = re.escape(f"{bad / 'config.json'}: config.model.dtype='float33': expected one of")
+    with self.assertRaisesRegex(config_check.ConfigError, named):
+      llava_jax.load(bad)
+    with self.assertRaisesRegex(config_check.ConfigError, named):
+      exporter.export_llava_hf(bad, self.tmp / "back_bad_config")
 
   def test_existing_destination_needs_overwrite(self):
     dest = self.tmp / "existing"

@@ -149,6 +149,7 @@ class LoopTest(absltest.TestCase):
     model_dir_path = self.tmp / "model_dir"
     model_dir.save_params(model_dir_path / model_dir.PARAMS, self.final_params)
     model_dir.write_config(model_dir_path, config.model)
+    model_dir.seal(model_dir_path, config.model)
     config.init.params_from = str(model_dir_path)
     params = jax.device_get(init_lib.initial_params(config.init, factory, rng))
     jax.tree.map(np.testing.assert_array_equal, params, self.final_params)

@@ -74,6 +74,7 @@ def write_model_dir(path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
   model_dir.write_config(path, cfg)
   model_dir.copy_tokenizer(DEMO_TOKENIZER, path / "tokenizer")
   model_dir.write_preprocessor(path, model_dir.default_preprocessor(cfg))
+  model_dir.seal(path, cfg)
   return path
 
 

@@ -50,6 +50,7 @@ def _write_model_dir(out, read, keys, model_cfg, tokenizer_src, preprocessor, ov
     prompting.write_settings(staging, prompt_settings or prompting.default_settings())
     if tokenizer_src is not None:
       tokenizer_src(staging / model_dir.TOKENIZER)
+    model_dir.seal(staging, model_cfg)
 
 
 def _copy_tokenizer_from(directory: pathlib.Path):

@@ -6,7 +6,12 @@ DIR/config.json               {"model": model_cfg.to_dict()}
 DIR/tokenizer/                HF tokenizer files (AutoTokenizer.from_pretrained(DIR/tokenizer))
 DIR/preprocessor_config.json  CLIP image-processor settings (size, crop, mean, std)
 DIR/prompt.json               template, image placement, system prompt (prompting.PromptSettings)
+DIR/checksums.json            size + SHA-256 of every other file, as in a training step
 ```
+`seal` writes the checksums once the directory is complete; `verify` checks them before a load
+(`llava_jax.load`, chat, serve, evaluate, `convert to-hf`), naming the first changed, truncated or
+missing file. A directory without them (written by an older version) loads unverified, with a
+warning; after editing a side file by hand, delete checksums.json (or convert again).
 Outputs are built in a hidden sibling directory and renamed into place only once complete, so a
 failed conversion leaves nothing at the destination.
 """
@@ -24,6 +29,8 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from llava_jax import config_check
 
 PARAMS = "params"
 CONFIG = "config.json"
@@ -103,6 +110,20 @@ def restore_params(path: str | os.PathLike, target: Any = None) -> Any:
     return checkpointer.restore(path, args=ocp.args.StandardRestore(target))
 
 
+def seal(path: str | os.PathLike, model_cfg: ml_collections.ConfigDict) -> None:
+  """Writes `path/checksums.json` over every file of the finished directory."""
+  from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top  # training-side deps
+  checkpoint.write_checksums(path, {"model": model_cfg.to_dict()})
+
+
+def verify(path: str | os.PathLike) -> None:
+  """CheckpointError naming the first file that differs from `seal`'s checksums."""
+  from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  if not checkpoint.verify_step(path):
+    logging.warning("model directory %s has no %s (written by an older version, or its side "
+                    "files edited): loading it unverified", path, checkpoint.CHECKSUMS)
+
+
 def write_config(model_dir: str | os.PathLike, model_cfg: ml_collections.ConfigDict):
   text = json.dumps({"model": model_cfg.to_dict()}, indent=2, sort_keys=True)
   (pathlib.Path(model_dir) / CONFIG).write_text(text + "\n")
@@ -113,7 +134,11 @@ def read_config(model_dir: str | os.PathLike) -> ml_collections.ConfigDict:
   data = json.loads(path.read_text())
   if "model" not in data:
     raise ValueError(f"{path}: no 'model' entry")
-  return ml_collections.ConfigDict(data["model"])
+  model_cfg = ml_collections.ConfigDict(data["model"])
+  found = config_check.problems(ml_collections.ConfigDict({"model": model_cfg}))
+  if found:   # named here, not as a crash deep in the model code
+    raise config_check.ConfigError([f"{path}: {problem}" for problem in found])
+  return model_cfg
 
 
 def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:

@@ -37,6 +37,7 @@ def _is_llava_hf(path: pathlib.Path) -> bool:
 
 
 def _from_model_dir(path: pathlib.Path, target) -> Checkpoint:
+  model_dir.verify(path)   # before any array is read: a flipped bit must not load as weights
   model_cfg = model_dir.read_config(path)
   restored = model_dir.restore_params(path / model_dir.PARAMS,
                                       None if target is None else {"params": target})
