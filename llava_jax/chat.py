@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from llava_jax import errors
 from llava_jax import quiet
 
 quiet.install()   # before prompting imports transformers
@@ -41,7 +42,7 @@ def load_for_chat(ckpt: str | None, adapter: str | None = None):
 
   try:
     return llava_jax.api.load(ckpt, adapter=adapter)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, errors.UserError) as e:
     raise ChatError(f"cannot load checkpoint {ckpt}{f' with adapter {adapter}' if adapter else ''}"
                     f": {e}") from None
 
@@ -161,4 +162,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(errors.one_line(main))

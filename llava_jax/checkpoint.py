@@ -34,6 +34,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from llava_jax import errors
+
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.json"
 STATE, META, DATA_ITER = "state", "meta", "data_iter"
@@ -41,7 +43,7 @@ CHECKSUMS = "checksums.json"
 DAMAGED = "checkpoints.damaged"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, errors.UserError):
   """A checkpoint step that cannot be used; names the step directory and, if known, the file."""
 
   def __init__(self, step_dir, reason: str, file: str | None = None):

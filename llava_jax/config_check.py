@@ -17,6 +17,8 @@ from typing import Any
 
 import ml_collections
 
+from llava_jax import errors
+
 DTYPES = ("float32", "bfloat16", "float16")
 MU_DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "dots", "full")
@@ -28,7 +30,7 @@ IMAGE_ASPECT = ("pad", "crop")
 _PROJECTOR = re.compile(r"linear|mlp[1-9]\d*x_gelu")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, errors.UserError):
   """Bad config values; the message has one line per problem: field, value, what is allowed."""
 
   def __init__(self, problems: list[str]):

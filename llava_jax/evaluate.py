@@ -28,6 +28,7 @@ import os
 from absl import app
 from absl import flags
 
+from llava_jax import errors
 from llava_jax.datagen import client as client_lib
 from llava_jax.eval import answer_file
 from llava_jax.eval import answering
@@ -192,4 +193,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(errors.one_line(main))

@@ -14,6 +14,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from llava_jax import config_check
+from llava_jax import errors
 from llava_jax import quiet
 from llava_jax import sharding
 
@@ -55,10 +56,7 @@ class _QuietOrbax(logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    config_check.check(FLAGS.config)   # before anything heavy: a typo costs a second
-  except config_check.ConfigError as e:
-    sys.exit(f"error: {e}")
+  config_check.check(FLAGS.config)   # before anything heavy: a typo costs a second
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   sharding.initialize_distributed()
   # Imported after distributed init: nothing may touch the JAX backend before it.
@@ -71,4 +69,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(errors.one_line(main))

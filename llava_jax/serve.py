@@ -16,6 +16,7 @@ import sys
 from absl import app
 from absl import flags
 
+from llava_jax import errors
 from llava_jax.serving import app as app_lib
 from llava_jax.serving import protocol
 
@@ -98,4 +99,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(errors.one_line(main))

@@ -8,6 +8,7 @@ Takes every flag of `llava_jax.serve` (it is `serve --ui`). The page is at http:
 from absl import app
 from absl import flags
 
+from llava_jax import errors
 from llava_jax import serve
 
 
@@ -23,4 +24,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.FLAGS.set_default("port", 7860)
-  app.run(main)
+  app.run(errors.one_line(main))

@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from llava_jax import errors
 from llava_jax import quiet
 
 quiet.install()   # before the converters import transformers
@@ -110,4 +111,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(errors.one_line(main))

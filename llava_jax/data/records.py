@@ -27,6 +27,7 @@ import json
 import os
 from typing import NamedTuple
 
+from llava_jax import errors
 from llava_jax.data import image as image_lib
 
 IMAGE_TOKEN = "<image>"
@@ -62,7 +63,7 @@ PROBLEM_KINDS = {
 }
 
 
-class RecordError(ValueError):
+class RecordError(ValueError, errors.UserError):
   """A record that cannot be used, naming the record, the field and the reason."""
 
   def __init__(self, record_id: str | None, field: str, reason: str, *, kind: str = "",

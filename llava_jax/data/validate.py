@@ -27,11 +27,12 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from llava_jax import errors
 from llava_jax.data import conversation
 from llava_jax.data import records as records_lib
 
 
-class EmptyDataError(ValueError):
+class EmptyDataError(ValueError, errors.UserError):
   """A data file with no records at all: nothing to train on."""
 
 

@@ -14,11 +14,13 @@ from absl import logging
 import jax
 import tqdm
 
+from llava_jax import errors
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-class MetricsFileError(ValueError):
+class MetricsFileError(ValueError, errors.UserError):
   """A metrics.jsonl line other than the last is not JSON: the file was edited or damaged."""
 
 

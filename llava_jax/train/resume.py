@@ -10,6 +10,8 @@
 from absl import logging
 import ml_collections
 
+from llava_jax import errors
+
 SHAPE_FIELDS = tuple(
     [f"model.vision.{k}" for k in ("image_size", "patch_size", "width", "layers", "heads",
                                    "mlp_dim")] +
@@ -21,7 +23,7 @@ SCHEDULE_FIELDS = ("train.steps", "train.epochs", "train.batch_size", "optim.lr"
                    "optim.warmup_ratio")
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(ValueError, errors.UserError):
   """The new config cannot (or may not, without allow_config_change) resume the checkpoint."""
 
 
