@@ -188,13 +188,11 @@ def hf_names(model_cfg: ml_collections.ConfigDict) -> dict[str, Entry]:
 
 def param_shapes(model_cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
   """Our parameter path -> shape, from `jax.eval_shape` (nothing is allocated)."""
-  from llava_jax import model as model_lib  # Local: keeps `import hf` light for the CLI.
-  module = model_lib.build(model_cfg)
-  v = model_cfg.vision
-  ids = jax.ShapeDtypeStruct((1, 1), np.int32)
-  pixels = jax.ShapeDtypeStruct((1, 1, v.image_size, v.image_size, 3), np.float32)
-  abstract = jax.eval_shape(module.init, jax.random.key(0), ids, pixels)
-  flat = jax.tree_util.tree_flatten_with_path(model_lib.unbox(abstract["params"]))[0]
+  # Local: keeps `import hf` light for the CLI.
+  from llava_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from llava_jax import sharding  # pylint: disable=g-import-not-at-top
+  abstract = sharding.abstract_params(model_lib.build(model_cfg))
+  flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
   return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
