@@ -59,12 +59,7 @@ class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
     """PIL images or uint8[H, W, 3] arrays -> float32[N, S, S, 3], CLIP-normalized."""
-    arrays = [image_lib.to_rgb_array(im) if hasattr(im, "convert") else np.asarray(im)
-              for im in images]
-    for i, array in enumerate(arrays):
-      if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"preprocess: image {i} must be a PIL image or uint8[H, W, 3], "
-                         f"got {array.dtype}{list(array.shape)}")
+    arrays = [image_lib.as_rgb_array(im, f"preprocess: image {i}") for i, im in enumerate(images)]
     return image_lib.preprocess_batch(arrays, self.image_size, self.image_aspect)
 
   def expand_inputs(self, input_ids, pixels, attention_mask=None):

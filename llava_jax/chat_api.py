@@ -22,6 +22,7 @@ from llava_jax import generate as generate_lib
 from llava_jax import prompting
 from llava_jax import sampling
 from llava_jax import text_stream
+from llava_jax.data import image as image_lib
 
 
 def _params_mesh(params):
@@ -142,6 +143,5 @@ def _image_part(image):
       raise prompting.PromptError(f"cannot read image {image}: {e.strerror}") from None
   if isinstance(image, bytes):
     return image
-  if hasattr(image, "convert"):
-    return np.asarray(image.convert("RGB"))
-  return np.asarray(image)
+  # Arrays are checked once, where prompting encodes them.
+  return image_lib.to_rgb_array(image) if hasattr(image, "convert") else np.asarray(image)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 import importlib.util
 import math
 import pathlib
-import re
 from typing import Any
 
 import ml_collections
@@ -25,7 +24,6 @@ FEATURE_SELECT = ("patch", "cls_patch")
 ON_ERROR = ("skip", "strict")
 ON_NONFINITE = ("stop", "skip")
 IMAGE_ASPECT = ("pad", "crop")
-_PROJECTOR = re.compile(r"linear|mlp[1-9]\d*x_gelu")
 
 
 class ConfigError(ValueError):
@@ -75,9 +73,12 @@ def _number_in(low: float, high: float = float("inf"), low_open: bool = False):
 
 
 def _projector(value) -> str | None:
-  if isinstance(value, str) and _PROJECTOR.fullmatch(value):
-    return None
-  return "expected 'linear' or 'mlpNx_gelu' (N >= 1)"
+  from llava_jax.model import projector  # pylint: disable=g-import-not-at-top  # the one parser
+  try:
+    projector.num_linear_layers(value if isinstance(value, str) else "")
+  except ValueError:
+    return "expected 'linear' or 'mlpNx_gelu' (N >= 1)"
+  return None
 
 
 # field path -> check(value) -> None or what is allowed. Fields absent from a config are skipped

@@ -19,6 +19,7 @@ from data_samples import good_records
 from data_samples import qa
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
+from llava_jax import prompting
 from llava_jax.data import image
 from llava_jax.data import pipeline
 from llava_jax.data import records
@@ -94,9 +95,16 @@ class PipelineTest(parameterized.TestCase):
     d = self.data(path=self.clean, image_aspect=aspect)
     example = pipeline.read_json_examples(self.clean)[0]
     row = pipeline.SampleBuilder(d, self.model, seed=0).build(example)
-    want = image.preprocess(image.load_image(os.path.join(self.images, example.data["image"])),
-                            64, aspect)
-    np.testing.assert_allclose(row["pixels"][0], want, atol=1e-6)
+    with open(os.path.join(self.images, example.data["image"]), "rb") as f:
+      encoded = f.read()
+    # What chat, the API and the server feed the model for the same file: bit-identical.
+    encoder = prompting.PromptEncoder(self.tok, image_token_id=self.model.image_token_id,
+                                      num_image_tokens=common.num_image_tokens(self.model),
+                                      image_size=64, image_aspect=aspect, context_len=512)
+    _, served = encoder.encode([prompting.Message("user", [encoded, "What is it?"])])
+    np.testing.assert_array_equal(row["pixels"], served)
+    np.testing.assert_array_equal(row["pixels"][0], image.preprocess(image.decode_image(encoded),
+                                                                     64, aspect))
     self.assertEqual(row["pixels"].shape, (1, 64, 64, 3))
 
   def test_several_images_per_sample(self):

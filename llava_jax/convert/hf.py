@@ -155,15 +155,6 @@ def canonical_key(hf_key: str) -> str | None:
   return hf_key
 
 
-def _num_linear(projector: str) -> int:
-  if projector == "linear":
-    return 1
-  match = re.fullmatch(r"mlp(\d+)x_gelu", projector)
-  if not match:
-    raise ValueError(f"model.projector: unknown kind {projector!r}")
-  return int(match.group(1))
-
-
 def hf_names(model_cfg: ml_collections.ConfigDict) -> dict[str, Entry]:
   """Every HF tensor name (canonical spelling) the model has, with where it goes in our tree."""
   table = {}
@@ -177,7 +168,8 @@ def hf_names(model_cfg: ml_collections.ConfigDict) -> dict[str, Entry]:
         table[prefix + hf] = Entry(our_prefix + ours, None, transform)
 
   add(VISION, _VISION_RULES, "vision/", model_cfg.vision.layers)
-  for k in range(_num_linear(model_cfg.projector)):
+  from llava_jax.model import projector as projector_lib  # pylint: disable=g-import-not-at-top
+  for k in range(projector_lib.num_linear_layers(model_cfg.projector)):
     table[f"{PROJECTOR}linear_{k + 1}.weight"] = Entry(f"projector/linear_{k}/kernel", None, LINEAR)
     table[f"{PROJECTOR}linear_{k + 1}.bias"] = Entry(f"projector/linear_{k}/bias", None, COPY)
   add(LLM, _LLM_RULES, "llm/", model_cfg.llm.layers)

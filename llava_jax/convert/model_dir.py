@@ -25,6 +25,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from llava_jax.data import image as image_lib
+
 PARAMS = "params"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer"
@@ -38,9 +40,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
                    "chat_template.jinja", "chat_template.json")
 
-# OpenAI CLIP normalization; LLaVA's image processor uses it too.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# OpenAI CLIP normalization (LLaVA's image processor uses it too), from the one image path.
+CLIP_MEAN = image_lib.CLIP_MEAN
+CLIP_STD = image_lib.CLIP_STD
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:

@@ -242,17 +242,9 @@ class SampleBuilder:
 def model_pixels(pixels_BxMxSxSx3: np.ndarray, num_images_B: np.ndarray) -> np.ndarray:
   """uint8 crops → float32[B, M, S, S, 3] CLIP-normalized, zeros where a row has no image m.
 
-  Same values as image.normalize (to float32 rounding), as one multiply and one add.
+  The normalization is image.normalize's, so training sees exactly what inference sees.
   """
-  std = np.asarray(image_lib.CLIP_STD, np.float32)
-  scale = np.float32(1 / 255) / std
-  offset = -np.asarray(image_lib.CLIP_MEAN, np.float32) / std
-  # Rows of S*3 values, so numpy's inner loops are long (a trailing axis of 3 is slow).
-  row = pixels_BxMxSxSx3.shape[-2] * 3
-  out = pixels_BxMxSxSx3.astype(np.float32)
-  flat = out.reshape(-1, row)
-  flat *= np.tile(scale, row // 3)
-  flat += np.tile(offset, row // 3)
+  out = image_lib.normalize(pixels_BxMxSxSx3)
   absent_BxM = np.arange(out.shape[1])[None, :] >= num_images_B[:, None]
   out[absent_BxM] = 0
   return out
