@@ -110,7 +110,7 @@ class PipelineTest(parameterized.TestCase):
   def test_several_images_per_sample(self):
     d = self.data(path=self.clean, max_images=2, max_len=256)
     builder = pipeline.SampleBuilder(d, self.model, seed=0)
-    two = pipeline.Example("two", "x:1", qa("two", "<image>\nAnd <image>\nSame?", "No.",
+    two = records.Record("two", where="x:1", data=qa("two", "<image>\nAnd <image>\nSame?", "No.",
                                             image=["img0.png", "img1.png"]))
     row = builder.build(two)
     self.assertEqual(row["pixels"].shape, (2, 64, 64, 3))
@@ -119,9 +119,9 @@ class PipelineTest(parameterized.TestCase):
     starts = np.flatnonzero(np.diff((row["input_ids"] == self.model.image_token_id).astype(int))
                             == 1)
     self.assertLen(starts, 2)   # two separate runs of 64 image tokens
-    one = pipeline.Example("one", "x:2", qa("one", "<image>\nWhat?", image="img0.png"))
+    one = records.Record("one", where="x:2", data=qa("one", "<image>\nWhat?", image="img0.png"))
     self.assertFalse(builder.build(one)["pixels"][1].any())   # zeros past the sample's images
-    three = pipeline.Example("three", "x:3", qa("three", "<image><image><image>", image=[
+    three = records.Record("three", where="x:3", data=qa("three", "<image><image><image>", image=[
         "img0.png", "img1.png", "img2.png"]))
     with self.assertRaisesRegex(pipeline.BadSampleError, "too_many_images"):
       builder.build(three)

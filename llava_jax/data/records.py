@@ -97,9 +97,18 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class Record:
+  """One entry of a data file at every stage: read here, stored in shards, fed to the pipeline.
+
+  An entry that could not be read travels too (`data` None, `problem` says why), so the pipeline
+  skips it with the same id and reason whether it reads the JSON file or prepared shards.
+  """
   id: str        # the record's `id`, or its position when it has none
-  data: dict     # the JSON object as read
+  data: dict | None  # the JSON object as read; None when the entry could not be read
   where: str     # "file:line" or "file[index]"
+  problem: tuple[str, str] | None = None  # (kind, message) when data is None
+  # Prepared shards: the encoded image files in `image` order (None: unreadable at prepare time);
+  # None here: read them from the image folder.
+  images: tuple[bytes | None, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
