@@ -118,19 +118,10 @@ class ChatMixin:
     return pieces if stream else "".join(pieces)
 
   def _stream_text(self, ids, pixels, params, max_new_tokens, stop) -> Iterator[str]:
-    text = text_stream.TextStream(self.tokenizer, stop)
-    for new, done, _ in self.generator.stream([ids], pixels[None], params=params,
-                                              max_new_tokens=max_new_tokens):
-      piece = text.push(new[0])
-      if piece:
-        yield piece
-      if text.stopped:
-        return
-      if done[0]:
-        break
-    tail = text.finish()
-    if tail:
-      yield tail
+    chunks = self.generator.stream([ids], pixels[None], params=params,
+                                   max_new_tokens=max_new_tokens)
+    return text_stream.stream_pieces(self.tokenizer,
+                                     ((new[0], done[0]) for new, done, _ in chunks), stop)
 
 
 def _image_part(image):
