@@ -23,7 +23,6 @@ ATTENTION = ("xla", "cudnn", "splash")
 FEATURE_SELECT = ("patch", "cls_patch")
 ON_ERROR = ("skip", "strict")
 ON_NONFINITE = ("stop", "skip")
-IMAGE_ASPECT = ("pad", "crop")
 
 
 class ConfigError(ValueError):
@@ -42,6 +41,11 @@ def _templates() -> tuple[str, ...]:
 def _placements() -> tuple[str, ...]:
   from llava_jax.data import conversation
   return tuple(conversation.PLACEMENTS)
+
+
+def _image_aspects() -> tuple[str, ...]:
+  from llava_jax.data import image  # no JAX
+  return tuple(image.PREPROCESS_MODES)
 
 
 def _one_of(allowed: Callable[[], tuple] | tuple) -> Callable[[Any], str | None]:
@@ -100,7 +104,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.on_error": _one_of(ON_ERROR),
     "data.template": _one_of(_templates),
     "data.image_placement": _one_of(_placements),
-    "data.image_aspect": _one_of(IMAGE_ASPECT),
+    "data.image_aspect": _one_of(_image_aspects),
     "data.max_len": _int_at_least(1),
     "data.max_images": _int_at_least(1),
     "data.num_workers": _int_at_least(0),
@@ -137,12 +141,15 @@ def _get(config: ml_collections.ConfigDict, path: str):
   return node
 
 
-def problems(config: ml_collections.ConfigDict) -> list[str]:
-  """One line per bad field: 'config.FIELD=VALUE: expected ...'."""
+def problems(config: ml_collections.ConfigDict, part: str = "") -> list[str]:
+  """One line per bad field: 'config.FIELD=VALUE: expected ...' (see `check` for `part`)."""
+  prefix = f"{part}." if part else ""
   found = []
   for path, check in CHECKS.items():
+    if not path.startswith(prefix):
+      continue
     try:
-      value = _get(config, path)
+      value = _get(config, path[len(prefix):])
     except KeyError:
       continue
     reason = check(value)
@@ -151,9 +158,13 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   return found
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming every bad field, its value and what is allowed."""
-  found = problems(config)
+def check(config: ml_collections.ConfigDict, part: str = "") -> None:
+  """Raises ConfigError naming every bad field, its value and what is allowed.
+
+  `part` ("data", "model", ...): `config` is that sub-config alone, as library entry points
+  (the data pipeline) receive it; they call this so notebooks that skip `main` are checked too.
+  """
+  found = problems(config, part)
   if found:
     raise ConfigError(found)
 

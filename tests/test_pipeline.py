@@ -19,6 +19,7 @@ from data_samples import good_records
 from data_samples import qa
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
+from llava_jax import config_check
 from llava_jax import prompting
 from llava_jax.data import image
 from llava_jax.data import pipeline
@@ -146,6 +147,15 @@ class PipelineTest(parameterized.TestCase):
     shown = [rid for rid, _ in report["total"]["first"]]
     self.assertLen(shown, 5)
     self.assertTrue(all(rid.startswith("bad_") or ":" in rid for rid in shown), shown)
+
+  @parameterized.parameters(("template", "nope"), ("image_aspect", "squash"),
+                            ("image_placement", "back"), ("on_error", "ignore"))
+  def test_bad_enum_fields_are_refused_by_the_config_check_off_main(self, field, value):
+    # A notebook builds the pipeline without main: config_check still names the field.
+    with self.assertRaisesRegex(config_check.ConfigError, f"config.data.{field}='{value}'"):
+      self.iterator(path=self.clean, **{field: value})
+    with self.assertRaisesRegex(config_check.ConfigError, f"config.data.{field}='{value}'"):
+      pipeline.SampleBuilder(self.data(path=self.clean, **{field: value}), self.model, seed=0)
 
   @parameterized.named_parameters(*[(name, name) for name in BAD])
   def test_strict_mode_names_the_record(self, name):

@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
+from llava_jax import config_check
 from llava_jax.data import conversation
 from llava_jax.data import image as image_lib
 from llava_jax.data import records as records_lib
@@ -105,6 +106,7 @@ class SampleBuilder:
 
   def __init__(self, data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                seed: int):
+    config_check.check(data_cfg, "data")   # the one check of enum fields, also off `main`
     self.template = data_cfg.template
     self.tokenizer_path = data_cfg.tokenizer
     self.image_dir = data_cfg.image_dir
@@ -118,14 +120,6 @@ class SampleBuilder:
     self.num_image_tokens = common.num_image_tokens(model_cfg)
     self.seed = seed
     self.strict = data_cfg.on_error == "strict"
-    if self.template not in conversation.TEMPLATES:
-      raise ValueError(f"data.template={self.template!r}; expected one of {conversation.TEMPLATES}")
-    if self.image_placement not in conversation.PLACEMENTS:
-      raise ValueError(f"data.image_placement={self.image_placement!r}; expected one of "
-                       f"{conversation.PLACEMENTS}")
-    if self.image_aspect not in image_lib.PREPROCESS_MODES:
-      raise ValueError(f"data.image_aspect={self.image_aspect!r}; expected one of "
-                       f"{image_lib.PREPROCESS_MODES}")
 
   @property
   def encoder(self) -> tokenize.PromptTokenizer:
@@ -507,8 +501,7 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                      f"process_count={process_count}")
-  if data_cfg.on_error not in ("skip", "strict"):
-    raise ValueError(f"data.on_error={data_cfg.on_error!r}; expected 'skip' or 'strict'")
+  config_check.check(data_cfg, "data")
   source = make_source(data_cfg)
   # Each host reads only its own slice of the records.
   ds = source[process_index::process_count]
