@@ -81,7 +81,10 @@ def save_params(path: str | os.PathLike, params: Any):
   # By default Orbax deep-copies every host array up front (a second copy of the model) and
   # writes them all at once; the conversion owns its arrays, so skip the copy and cap the bytes
   # in flight (weights hardly compress; zstd buffers cost a copy). StandardRestore reads it.
+  # The jax.Array entry is never used (leaves are numpy), but without one Orbax logs "No jax.Array
+  # in TypeHandlerRegistry" on every save.
   registry = ocp.type_handlers.create_type_handler_registry(
+      (jax.Array, ocp.type_handlers.ArrayHandler()),
       (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
   handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, type_handler_registry=registry,
                                         use_compression=False)
