@@ -11,8 +11,8 @@ from absl import flags
 from llava_jax import serve
 
 
-def _define_flags():
-  serve._define_flags()  # pylint: disable=protected-access  # same flags as the server
+def define_flags():
+  serve.define_flags()  # same flags as the server
 
 
 def main(argv):
@@ -21,6 +21,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   flags.FLAGS.set_default("port", 7860)
   app.run(main)

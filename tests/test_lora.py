@@ -225,7 +225,7 @@ class QloraTest(absltest.TestCase):
     errors = {}
     for kind, dtype in (("int8", jnp.int8), ("int4", jnp.int4), ("nf4", jnp.uint4)):
       _, factory = self._factory(kind)
-      base = factory._quantized(float_base)
+      base = factory.quantized(float_base)
       q = base["llm"]["layers"]["mlp"]["up"]
       self.assertEqual(q["kernel_qvalue"].dtype, dtype)
       self.assertNotIn("kernel", q)

@@ -87,7 +87,7 @@ def prepare(data: str, image_dir: str, out: str, num_shards: int = 0) -> dict:
   return info
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no global flags.
   flags.DEFINE_string("data", None, "LLaVA JSON or JSONL file.", required=True)
   flags.DEFINE_string("images", None, "Folder the records' image paths are relative to.",
@@ -109,5 +109,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

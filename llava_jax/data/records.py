@@ -155,7 +155,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record | BadLine]:
 _BOM = b"\xef\xbb\xbf"
 
 
-def _make_record(obj, where: str) -> Record | BadLine:
+def make_record(obj, where: str) -> Record | BadLine:
+  """The Record of one parsed JSON entry at `where`, or a BadLine if it is not an object."""
   if not isinstance(obj, dict):
     return BadLine(where, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
   record_id = obj.get("id")
@@ -173,7 +174,7 @@ def _iter_json_list(path: str) -> Iterator[Record | BadLine]:
     raise RecordError(None, "<file>", f"not UTF-8: {e}", kind="malformed_json",
                       where=path) from None
   for index, obj in enumerate(entries):
-    yield _make_record(obj, f"{path}[{index}]")
+    yield make_record(obj, f"{path}[{index}]")
 
 
 def _iter_jsonl(path: str) -> Iterator[Record | BadLine]:
@@ -190,7 +191,7 @@ def _iter_jsonl(path: str) -> Iterator[Record | BadLine]:
       except json.JSONDecodeError as e:
         yield BadLine(where, "malformed_json", f"not valid JSON: {e.msg} at column {e.colno}")
         continue
-      yield _make_record(obj, where)
+      yield make_record(obj, where)
 
 
 # ---------------------------------------------------------------- accessors

@@ -91,7 +91,8 @@ class LoraStateFactory(StateFactory):
       flat[l.path + ("kernel_scale",)] = rebox(scales)
     return traverse_util.unflatten_dict(flat)
 
-  def _quantized(self, base):
+  def quantized(self, base):
+    """The float base (in `float_base` shardings) as the state holds it: QLoRA-quantized."""
     if self.lora_cfg.quant == "none":
       return base
     return jax.jit(self._quantize, in_shardings=(self.float_base_shardings,),
@@ -120,7 +121,7 @@ class LoraStateFactory(StateFactory):
 
   def initial_state(self, init_cfg, rng) -> TrainState:
     from llava_jax.train import init as init_lib
-    base = self._quantized(init_lib.initial_params(init_cfg, self, rng))
+    base = self.quantized(init_lib.initial_params(init_cfg, self, rng))
     return self.state_from_params({**base, LORA: self.fresh_adapters(rng)})
 
   def _saved_keys(self, params) -> set:
@@ -140,6 +141,6 @@ class LoraStateFactory(StateFactory):
   def from_saved(self, saved, init_cfg, rng) -> TrainState:
     """The saved adapters, projector and optimizer state around the base `config.init` names."""
     from llava_jax.train import init as init_lib
-    base = self._quantized(init_lib.initial_params(init_cfg, self, rng))
+    base = self.quantized(init_lib.initial_params(init_cfg, self, rng))
     return TrainState(step=saved["step"], params=optimizer.merge(saved["params"], base),
                       opt_state=saved["opt_state"])
