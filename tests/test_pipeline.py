@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 from configs import common
 from data_samples import BAD
 from data_samples import LONG
+from data_samples import assert_resumes_exactly
+from data_samples import data_config
 from data_samples import good_records
 from data_samples import qa
 from data_samples import temp_data_dir
@@ -55,13 +57,7 @@ class PipelineTest(parameterized.TestCase):
     super().tearDownClass()
 
   def data(self, path=None, **overrides):
-    d = common.data_config()
-    d.path = path or self.mixed
-    d.image_dir = self.images
-    d.max_len = 128
-    d.num_workers = 0
-    d.update(overrides)
-    return d
+    return data_config(path or self.mixed, self.images, **overrides)
 
   def iterator(self, batch=2, seed=0, **overrides):
     return pipeline.make_train_iterator(self.data(**overrides), self.model,
@@ -231,16 +227,8 @@ class PipelineTest(parameterized.TestCase):
       report = it.skip_report()
     finally:
       it.close()
-    restored = self.iterator(batch=3, num_workers=2)
-    try:
-      restored.set_state(state)
-      for want in unbroken[2:]:
-        got = next(restored)
-        for k in pipeline.BATCH_KEYS:
-          np.testing.assert_array_equal(got[k], want[k])
-      self.assertEqual(restored.skip_report(), report)
-    finally:
-      restored.close()
+    assert_resumes_exactly(self, self.iterator(batch=3, num_workers=2), state, unbroken[2:],
+                           report)
     self.assertGreaterEqual(report["epoch"], 1)
     self.assertEqual(set(report["total"]["by_reason"]), {kind for _, kind in BAD.values()})
 
