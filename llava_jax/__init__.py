@@ -1,6 +1,12 @@
 """llava_jax: LLaVA (Visual Instruction Tuning) in JAX/Flax."""
 
+from llava_jax import quiet as _quiet
+
 __version__ = "0.1.0"
+
+# The library's edge: whoever imports llava_jax (a program, a notebook, plain Python) gets the
+# start-up notices a newcomer would take for a fault dropped, before transformers is imported.
+_quiet.install()
 
 
 def __getattr__(name):

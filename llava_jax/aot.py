@@ -222,13 +222,13 @@ def compile_generate(config, tpu_slice: Slice, devices, *, batch: int, prompt_le
                                               sharding=sharding.replicated(mesh))
   sample_kw = jax.tree.map(on_rows, sampling.stack_params([sampling.SamplingParams()] * batch))
   lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
-  prefill, prefill_s = _compile(gen._start, params, on_rows(ids), on_rows(pixels), lengths,  # pylint: disable=protected-access
+  prefill, prefill_s = _compile(gen.start, params, on_rows(ids), on_rows(pixels), lengths,
                                 lengths, sample_kw, max_new=new_tokens)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       jax.eval_shape(functools.partial(gen._start, max_new=new_tokens),  # pylint: disable=protected-access
+                       jax.eval_shape(functools.partial(gen.start, max_new=new_tokens),
                                       params, ids, pixels, lengths, lengths, sample_kw),
                        prefill.output_shardings)
-  decode, decode_s = _compile(gen._continue, params, state, replicated(jnp.int32(0)),  # pylint: disable=protected-access
+  decode, decode_s = _compile(gen.decode_until, params, state, replicated(jnp.int32(0)),
                               on_rows(jax.ShapeDtypeStruct((batch,), jnp.bool_)), sample_kw)
   def summary(compiled, seconds):
     return dict(compile_time_s=seconds, memory=memory_summary(compiled, tpu_slice),
@@ -350,7 +350,7 @@ def format_result(r: dict) -> str:
   return "\n".join(lines)
 
 
-def _define_flags():
+def define_flags():
   config_flags.DEFINE_config_file("config", None, "Stage config file (`file.py:preset`).",
                                   lock_config=True)
   flags.DEFINE_string("topology", None, "gcloud accelerator type: v4-N, v5p-N, v5litepod-N, "
@@ -393,5 +393,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

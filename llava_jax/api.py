@@ -16,9 +16,7 @@ import functools
 import pathlib
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -61,12 +59,7 @@ class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
     """PIL images or uint8[H, W, 3] arrays -> float32[N, S, S, 3], CLIP-normalized."""
-    arrays = [image_lib.to_rgb_array(im) if hasattr(im, "convert") else np.asarray(im)
-              for im in images]
-    for i, array in enumerate(arrays):
-      if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"preprocess: image {i} must be a PIL image or uint8[H, W, 3], "
-                         f"got {array.dtype}{list(array.shape)}")
+    arrays = [image_lib.as_rgb_array(im, f"preprocess: image {i}") for i, im in enumerate(images)]
     return image_lib.preprocess_batch(arrays, self.image_size, self.image_aspect)
 
   def expand_inputs(self, input_ids, pixels, attention_mask=None):
@@ -133,21 +126,6 @@ class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
     return np.asarray(out, np.float32)
 
 
-def _abstract_params(module: model_lib.Llava, model_cfg, mesh):
-  """ShapeDtypeStructs of the params (with shardings on `mesh`), without materializing them."""
-  size = model_cfg.vision.image_size
-  boxed = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
-                         jnp.zeros((1, 1, size, size, 3), jnp.float32))["params"]
-  abstract = nn.meta.unbox(boxed)
-  if mesh is None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: device, abstract)
-  else:
-    shardings = sharding.logical_shardings(boxed, mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
-
-
 def _split_decoder_layers(params, target, num_layers: int):
   """Params on their devices with the decoder's layers split per layer.
 
@@ -190,7 +168,7 @@ def load(path: str | pathlib.Path, *, adapter: str | pathlib.Path | None = None,
     model_cfg.dtype = dtype
   devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
   module = model_lib.build(model_cfg, model_lib.platform_of(devices))
-  target = _abstract_params(module, model_cfg, mesh)
+  target = sharding.abstract_params(module, mesh)
   if adapter is not None:
     from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
     checkpoint = adapters.merged_checkpoint(path, adapter, target=target)

@@ -42,7 +42,7 @@ from llava_jax.train import step as step_lib
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   config_flags.DEFINE_config_file("config", None, "Stage config file (`file.py:arg`).",
                                   lock_config=True)
@@ -349,5 +349,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -37,7 +37,7 @@ GIB = 1 << 30
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_float("gib", 2.0, "GiB saved and hashed.")
   flags.DEFINE_integer("repeats", 3, "Timed seals and verifies (median).")
@@ -117,5 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

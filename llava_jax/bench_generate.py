@@ -28,7 +28,7 @@ from llava_jax import model as model_lib
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_string("preset", "tiny", "Model preset in configs/common.py.")
   flags.DEFINE_integer("llm_layers", None, "Cut the decoder to this many layers.")
@@ -80,17 +80,17 @@ def _median_time(fn, repeats: int) -> float:
 
 def time_ours(gen: generate.Generator, ids, pixels, new_tokens: int, repeats: int) -> dict:
   """Prefill (= time to first token) and decode timings of the jitted programs."""
-  n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = gen._prepare(
+  n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = gen.prepare(
       ids, pixels, None, new_tokens)
-  inputs = gen._place(ids_BxT, pixels, lengths_B, max_new_B)
+  inputs = gen.place(ids_BxT, pixels, lengths_B, max_new_B)
 
   def prefill():
-    state = gen._start(gen.params, *inputs, sample_kw, max_new=shapes.max_new)
+    state = gen.start(gen.params, *inputs, sample_kw, max_new=shapes.max_new)
     jax.block_until_ready(state["tokens"])
     return state
 
   def full():
-    state = gen._continue(gen.params, prefill(), np.int32(new_tokens),
+    state = gen.decode_until(gen.params, prefill(), np.int32(new_tokens),
                           np.zeros(shapes.batch, bool), sample_kw)
     return np.asarray(state["count"])
 
@@ -177,5 +177,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -27,7 +27,7 @@ MODES = ("full", "lora_bf16", "qlora_int8", "qlora_nf4")
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   flags.DEFINE_string("preset", "demo", "Recipe preset (configs/finetune*.py).")
   flags.DEFINE_integer("layers", 0, "Decoder layers (0 = the preset's).")
   flags.DEFINE_integer("batch", 8, "Global batch.")
@@ -128,5 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

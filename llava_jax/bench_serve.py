@@ -28,7 +28,7 @@ DEMO_IMAGE = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo" / 
     "outdoor_000.jpg")
 
 
-def _define_flags():
+def define_flags():
   flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
   flags.DEFINE_list("rates", ["2", "4", "8"], "Request rates to offer, requests/s.")
   flags.DEFINE_integer("requests", 32, "Requests per rate and scheduler.")
@@ -136,5 +136,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

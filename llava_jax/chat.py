@@ -121,7 +121,7 @@ def interact(session: Session, read_line: Callable[[str], str], write: Callable[
       write(f"\nerror: {e}\n")
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program (serve and tests import it too)."""
   flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
   flags.DEFINE_string("adapter", None, "LoRA adapters merged on load: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
@@ -161,5 +161,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(errors.one_line(main))

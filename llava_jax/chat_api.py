@@ -22,6 +22,7 @@ from llava_jax import generate as generate_lib
 from llava_jax import prompting
 from llava_jax import sampling
 from llava_jax import text_stream
+from llava_jax.data import image as image_lib
 
 
 def _params_mesh(params):
@@ -117,19 +118,10 @@ class ChatMixin:
     return pieces if stream else "".join(pieces)
 
   def _stream_text(self, ids, pixels, params, max_new_tokens, stop) -> Iterator[str]:
-    text = text_stream.TextStream(self.tokenizer, stop)
-    for new, done, _ in self.generator.stream([ids], pixels[None], params=params,
-                                              max_new_tokens=max_new_tokens):
-      piece = text.push(new[0])
-      if piece:
-        yield piece
-      if text.stopped:
-        return
-      if done[0]:
-        break
-    tail = text.finish()
-    if tail:
-      yield tail
+    chunks = self.generator.stream([ids], pixels[None], params=params,
+                                   max_new_tokens=max_new_tokens)
+    return text_stream.stream_pieces(self.tokenizer,
+                                     ((new[0], done[0]) for new, done, _ in chunks), stop)
 
 
 def _image_part(image):
@@ -142,6 +134,5 @@ def _image_part(image):
       raise prompting.PromptError(f"cannot read image {image}: {e.strerror}") from None
   if isinstance(image, bytes):
     return image
-  if hasattr(image, "convert"):
-    return np.asarray(image.convert("RGB"))
-  return np.asarray(image)
+  # Arrays are checked once, where prompting encodes them.
+  return image_lib.to_rgb_array(image) if hasattr(image, "convert") else np.asarray(image)

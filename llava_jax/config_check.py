@@ -12,7 +12,6 @@ from collections.abc import Callable
 import importlib.util
 import math
 import pathlib
-import re
 from typing import Any
 
 import ml_collections
@@ -26,8 +25,6 @@ ATTENTION = ("xla", "cudnn", "splash")
 FEATURE_SELECT = ("patch", "cls_patch")
 ON_ERROR = ("skip", "strict")
 ON_NONFINITE = ("stop", "skip")
-IMAGE_ASPECT = ("pad", "crop")
-_PROJECTOR = re.compile(r"linear|mlp[1-9]\d*x_gelu")
 
 
 class ConfigError(ValueError, errors.UserError):
@@ -46,6 +43,11 @@ def _templates() -> tuple[str, ...]:
 def _placements() -> tuple[str, ...]:
   from llava_jax.data import conversation
   return tuple(conversation.PLACEMENTS)
+
+
+def _image_aspects() -> tuple[str, ...]:
+  from llava_jax.data import image  # no JAX
+  return tuple(image.PREPROCESS_MODES)
 
 
 def _one_of(allowed: Callable[[], tuple] | tuple) -> Callable[[Any], str | None]:
@@ -77,9 +79,12 @@ def _number_in(low: float, high: float = float("inf"), low_open: bool = False):
 
 
 def _projector(value) -> str | None:
-  if isinstance(value, str) and _PROJECTOR.fullmatch(value):
-    return None
-  return "expected 'linear' or 'mlpNx_gelu' (N >= 1)"
+  from llava_jax.model import projector  # pylint: disable=g-import-not-at-top  # the one parser
+  try:
+    projector.num_linear_layers(value if isinstance(value, str) else "")
+  except ValueError:
+    return "expected 'linear' or 'mlpNx_gelu' (N >= 1)"
+  return None
 
 
 # field path -> check(value) -> None or what is allowed. Fields absent from a config are skipped
@@ -101,7 +106,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.on_error": _one_of(ON_ERROR),
     "data.template": _one_of(_templates),
     "data.image_placement": _one_of(_placements),
-    "data.image_aspect": _one_of(IMAGE_ASPECT),
+    "data.image_aspect": _one_of(_image_aspects),
     "data.max_len": _int_at_least(1),
     "data.max_images": _int_at_least(1),
     "data.num_workers": _int_at_least(0),
@@ -138,12 +143,15 @@ def _get(config: ml_collections.ConfigDict, path: str):
   return node
 
 
-def problems(config: ml_collections.ConfigDict) -> list[str]:
-  """One line per bad field: 'config.FIELD=VALUE: expected ...'."""
+def problems(config: ml_collections.ConfigDict, part: str = "") -> list[str]:
+  """One line per bad field: 'config.FIELD=VALUE: expected ...' (see `check` for `part`)."""
+  prefix = f"{part}." if part else ""
   found = []
   for path, check in CHECKS.items():
+    if not path.startswith(prefix):
+      continue
     try:
-      value = _get(config, path)
+      value = _get(config, path[len(prefix):])
     except KeyError:
       continue
     reason = check(value)
@@ -152,9 +160,13 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   return found
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming every bad field, its value and what is allowed."""
-  found = problems(config)
+def check(config: ml_collections.ConfigDict, part: str = "") -> None:
+  """Raises ConfigError naming every bad field, its value and what is allowed.
+
+  `part` ("data", "model", ...): `config` is that sub-config alone, as library entry points
+  (the data pipeline) receive it; they call this so notebooks that skip `main` are checked too.
+  """
+  found = problems(config, part)
   if found:
     raise ConfigError(found)
 

@@ -43,7 +43,7 @@ from llava_jax.eval import text_rouge
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_enum("task", None, ["scienceqa", "llava_bench", "text", "natural_instructions",
                                    "flan_heldout"], "Which evaluation.")
@@ -192,5 +192,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(errors.one_line(main))

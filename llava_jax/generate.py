@@ -73,9 +73,13 @@ class Generator:
     self.max_len = int(max_len)
     self.mesh = mesh
     self.bucket = bucket
-    self._start = jax.jit(self._start_impl, static_argnames=("max_new",))
-    self._continue = jax.jit(self._continue_impl, donate_argnames=("state",))
-    self._split_layers = jax.jit(self._split_layers_impl)
+    # The compiled programs, public for benchmarks and ahead-of-time compiles (aot.py):
+    # start(params, *place(ids, pixels, lengths, max_new), sample_kw, max_new=) -> loop state
+    # (prefill + first token); decode_until(params, state, end_step, cancel_B, sample_kw) -> state
+    # (decodes until every row is done or end_step tokens exist); split_layers(params).
+    self.start = jax.jit(self._start_impl, static_argnames=("max_new",))
+    self.decode_until = jax.jit(self._continue_impl, donate_argnames=("state",))
+    self.split_layers = jax.jit(self._split_layers_impl)
 
   # --- device programs ---------------------------------------------------------------------
 
@@ -144,7 +148,7 @@ class Generator:
     state = dict(state, done=state["done"] | cancel_B)
     return jax.lax.while_loop(cond, body, state)
 
-  def _place(self, *arrays):
+  def place(self, *arrays):
     """Batch inputs on the mesh: split over the batch axes as in training when the padded
     batch divides evenly, else replicated. One device: left to jit."""
     if self.mesh is None:
@@ -156,8 +160,11 @@ class Generator:
 
   # --- host side -----------------------------------------------------------------------------
 
-  def _prepare(self, prompts: Sequence[Sequence[int]], pixels, params, max_new_tokens):
-    """Left-pads and buckets the batch; returns device inputs and the real batch size."""
+  def prepare(self, prompts: Sequence[Sequence[int]], pixels, params, max_new_tokens):
+    """Left-pads and buckets the batch for `start`.
+
+    Returns (n real rows, shapes, ids int32[B, T], pixels, lengths_B, max_new_B, sample_kw).
+    """
     n = len(prompts)
     if n == 0:
       raise ValueError("generate: empty batch")
@@ -205,14 +212,14 @@ class Generator:
     cancel: bool[B] the caller may set between yields (e.g. a stop string was seen) to end
       rows early; they then yield nothing more.
     """
-    n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = self._prepare(
+    n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = self.prepare(
         prompts, pixels, params, max_new_tokens)
     # Split once per request, not once per chunk, unless the params already are (llava_jax.load
     # keeps them split): a split copies every decoder weight until the request ends.
     weights = self.params
     if not isinstance(weights["llm"]["layers"], tuple):
-      weights = self._split_layers(weights)
-    state = self._start(weights, *self._place(ids_BxT, pixels, lengths_B, max_new_B),
+      weights = self.split_layers(weights)
+    state = self.start(weights, *self.place(ids_BxT, pixels, lengths_B, max_new_B),
                         sample_kw, max_new=shapes.max_new)
     cancel_B = np.zeros(shapes.batch, bool)
     sent = np.zeros(n, np.int32)
@@ -234,7 +241,7 @@ class Generator:
         cancel_B[:n] = cancel[:n]
       if np.all(done):
         return
-      state = self._continue(weights, state, np.int32(step + chunk_size), cancel_B, sample_kw)
+      state = self.decode_until(weights, state, np.int32(step + chunk_size), cancel_B, sample_kw)
 
   def generate(self, prompts: Sequence[Sequence[int]], pixels, *, params=None,
                max_new_tokens: int | Sequence[int] = 64, keep_eos: bool = False) -> np.ndarray:
@@ -242,11 +249,11 @@ class Generator:
 
     The EOS that ends a row is kept when `keep_eos` (as transformers' generate does).
     """
-    n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = self._prepare(
+    n, shapes, ids_BxT, pixels, lengths_B, max_new_B, sample_kw = self.prepare(
         prompts, pixels, params, max_new_tokens)
-    state = self._start(self.params, *self._place(ids_BxT, pixels, lengths_B, max_new_B),
+    state = self.start(self.params, *self.place(ids_BxT, pixels, lengths_B, max_new_B),
                         sample_kw, max_new=shapes.max_new)
-    state = self._continue(self.params, state, np.int32(shapes.max_new),
+    state = self.decode_until(self.params, state, np.int32(shapes.max_new),
                            np.zeros(shapes.batch, bool), sample_kw)
     tokens_BxN = np.asarray(jax.device_get(state["tokens"]))[:n]
     if not keep_eos:

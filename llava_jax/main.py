@@ -27,7 +27,7 @@ DEFAULT_CONFIG = str(_REPO_ROOT / "configs" / "finetune.py")
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   # ml_collections reads --config while the flag is defined: name a bad preset or field first.
   if problem := config_check.command_line_problem(sys.argv[1:], DEFAULT_CONFIG):
@@ -68,5 +68,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(errors.one_line(main))

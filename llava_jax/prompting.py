@@ -163,9 +163,10 @@ class PromptEncoder:
       raise PromptError(f"prompt of {len(ids)} tokens is longer than the model's context of "
                         f"{self.context_len} tokens")
     for i, image in enumerate(images):
-      if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise PromptError(f"image {i}: expected uint8[H, W, 3], got {image.dtype}"
-                          f"{list(image.shape)}")
+      try:
+        image_lib.check_rgb_uint8(image, f"image {i}")
+      except ValueError as e:
+        raise PromptError(str(e)) from None
     pixels = image_lib.preprocess_batch(images, self.image_size, self.image_aspect,
                                         max_images=max(1, len(images)))
     return ids, pixels

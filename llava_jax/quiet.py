@@ -1,4 +1,5 @@
-"""Drops library start-up notices that a newcomer would take for a fault; programs call install().
+"""Drops library start-up notices that a newcomer would take for a fault; importing llava_jax
+installs the filters (llava_jax/__init__.py), so programs, notebooks and plain Python all get them.
 
 Only these exact notices go, and only at their own level, so real warnings still show:
 - JAX's INFO "Unable to initialize backend 'tpu'": it probes for a TPU on every machine without one.

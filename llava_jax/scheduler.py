@@ -66,7 +66,7 @@ class SlotScheduler:
     self.chunk_size = chunk_size
     self._params = generator.params
     if not isinstance(self._params["llm"]["layers"], tuple):
-      self._params = generator._split_layers(self._params)  # once, not per chunk
+      self._params = generator.split_layers(self._params)  # once, not per chunk
     # Built by jit so that every array is its own buffer (init_cache shares one zeros array,
     # which donation would hand over twice).
     cache = jax.jit(lambda: generator.model.init_cache(slots, self.cache_len))()

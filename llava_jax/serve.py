@@ -21,7 +21,7 @@ from llava_jax.serving import app as app_lib
 from llava_jax.serving import protocol
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when a program runs (tests import the modules)."""
   flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
   flags.DEFINE_string("adapter", None, "LoRA adapters merged on load: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
@@ -98,5 +98,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(errors.one_line(main))

@@ -17,6 +17,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 import numpy as np
 
+from llava_jax import model as model_lib
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -108,6 +110,29 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     return NamedSharding(mesh, mesh_axes(names, rules))
   return jax.tree.map(leaf_sharding, boxed_tree,
                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def abstract(boxed_tree, mesh: Mesh | None = None, rules=LOGICAL_AXIS_RULES):
+  """ShapeDtypeStructs of a tree of abstract boxes (a `jax.eval_shape` of an init), unboxed.
+
+  Each carries its sharding: from its logical axes on `mesh`, or the first device without a mesh.
+  """
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, nn.unbox(boxed_tree))
+  else:
+    shardings = logical_shardings(boxed_tree, mesh, rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      nn.unbox(boxed_tree), shardings)
+
+
+def abstract_params(module, mesh: Mesh | None = None, rules=LOGICAL_AXIS_RULES):
+  """The abstract parameters of a Llava `module`: the one place they are built.
+
+  ShapeDtypeStructs (nothing is allocated) sharded by their logical axes on `mesh`, or on the
+  first device without a mesh: the target a checkpoint is read into.
+  """
+  return abstract(model_lib.logical_param_shapes(module), mesh, rules)
 
 
 def with_activation_rules(fn: Callable, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Callable:

@@ -6,7 +6,7 @@ can straddle tokens. So a piece is only released once it can no longer change: t
 U+FFFD or that could still grow into a stop string is held back.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 _REPLACEMENT = "\ufffd"
 
@@ -25,6 +25,7 @@ class TextStream:
     self._ids: list[int] = []
     self._emitted = 0  # characters of the decoded text already returned
     self.stopped = False
+    self.finished = False  # set by `advance` once the sequence is over
 
   @property
   def token_ids(self) -> list[int]:
@@ -71,6 +72,18 @@ class TextStream:
     piece, self._emitted = text[self._emitted:final], final
     return piece
 
+  def advance(self, ids: Sequence[int], done: bool) -> str:
+    """The one streaming step: `push(ids)`, then `finish()` once the sequence is over.
+
+    Over means `done` (EOS, length, cancelled) or a stop string; `finished` is then True and
+    nothing more comes. Chat (`stream_pieces`) and the server's workers both step through here.
+    """
+    piece = self.push(ids)
+    if done or self.stopped:
+      piece += self.finish()
+      self.finished = True
+    return piece
+
   def finish(self) -> str:
     """Releases held-back text at the end of generation."""
     if self.stopped:
@@ -78,3 +91,21 @@ class TextStream:
     text = self._text().rstrip(_REPLACEMENT)
     piece, self._emitted = text[self._emitted:], max(self._emitted, len(text))
     return piece
+
+
+def stream_pieces(tokenizer, chunks: Iterable[tuple[Sequence[int], bool]],
+                  stop_strings: Sequence[str] = ()) -> Iterator[str]:
+  """Text pieces of one sequence from its (new ids, done) chunks; joined, the whole answer.
+
+  Ends at the first chunk marked done, at a stop string, or when `chunks` runs out.
+  """
+  text = TextStream(tokenizer, stop_strings)
+  for ids, done in chunks:
+    piece = text.advance(ids, done)
+    if piece:
+      yield piece
+    if text.finished:
+      return
+  tail = text.advance((), True)
+  if tail:
+    yield tail

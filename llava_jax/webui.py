@@ -12,8 +12,8 @@ from llava_jax import errors
 from llava_jax import serve
 
 
-def _define_flags():
-  serve._define_flags()  # pylint: disable=protected-access  # same flags as the server
+def define_flags():
+  serve.define_flags()  # same flags as the server
 
 
 def main(argv):
@@ -22,6 +22,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   flags.FLAGS.set_default("port", 7860)
   app.run(errors.one_line(main))

@@ -11,6 +11,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from configs import common
+
 LONG = " ".join(["The red ball is on the green grass near the blue box."] * 12)
 
 
@@ -75,3 +77,26 @@ def temp_data_dir():
   os.makedirs(images)
   write_images(images)
   return directory, images
+
+
+def data_config(default_path: str, images: str, **overrides):
+  """The data tests' config: data.path, data.image_dir, 128 tokens, no Grain workers; then
+  `overrides` (any field, data.path too)."""
+  d = common.data_config()
+  d.update(dict(path=default_path, image_dir=images, max_len=128, num_workers=0))
+  d.update(overrides)
+  return d
+
+
+def assert_resumes_exactly(test, restored, state, want_batches, report) -> None:
+  """`restored`, a fresh iterator set to `state`, yields `want_batches` and ends with the same
+  skip `report` (exact resume); it is closed afterwards."""
+  try:
+    restored.set_state(state)
+    for want in want_batches:
+      got = next(restored)
+      for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    test.assertEqual(restored.skip_report(), report)
+  finally:
+    restored.close()

@@ -23,26 +23,26 @@ class FakeOpenAI:
     self.requests: list[dict] = []
     self.headers: list[dict] = []
     self.max_in_flight = 0
-    self._in_flight = 0
-    self._lock = threading.Lock()
+    self.in_flight = 0  # requests being handled now (the handler updates it)
+    self.lock = threading.Lock()  # guards the fields the handler threads update
     server = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
 
       def do_POST(self):  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with server._lock:
+        with server.lock:
           server.requests.append(body)
           server.headers.append(dict(self.headers))
           status = server.fail_first.pop(0) if server.fail_first else 200
-          server._in_flight += 1
-          server.max_in_flight = max(server.max_in_flight, server._in_flight)
+          server.in_flight += 1
+          server.max_in_flight = max(server.max_in_flight, server.in_flight)
         # A request stops counting as in flight before its response is written: the client can
         # send its next request as soon as it reads the response, possibly before a `finally`
         # here would run, which made the count one too high now and then.
         time.sleep(server.delay_s)
-        with server._lock:
-          server._in_flight -= 1
+        with server.lock:
+          server.in_flight -= 1
         if self.path != "/v1/chat/completions":
           return self._send(404, {"error": {"message": f"no route {self.path}"}})
         if status != 200:

@@ -34,9 +34,9 @@ class CliFlagsTest(parameterized.TestCase):
   @parameterized.parameters(*CLI_MODULES)
   def test_cli_has_a_flag_definer_called_under_main(self, name):
     module = importlib.import_module(name)
-    self.assertTrue(callable(getattr(module, "_define_flags", None)), name)
+    self.assertTrue(callable(getattr(module, "define_flags", None)), name)
     with open(module.__file__) as f:
-      self.assertIn('if __name__ == "__main__":\n  _define_flags()', f.read(), name)
+      self.assertIn('if __name__ == "__main__":\n  define_flags()', f.read(), name)
 
 
 if __name__ == "__main__":

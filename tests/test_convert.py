@@ -42,7 +42,7 @@ def _run_cli(*args):
 def _run_cli_in_process(command, **flag_values):
   """The CLI's main() with these flags, in this process (no interpreter start-up)."""
   if "hf" not in flags.FLAGS:      # the CLI defines its flags only when run as a program
-    convert_main._define_flags()  # pylint: disable=protected-access
+    convert_main.define_flags()
   if not flags.FLAGS.is_parsed():   # under pytest nothing parsed them (absltest.main does)
     flags.FLAGS.mark_as_parsed()
   with flagsaver.as_parsed(**{k: str(v) for k, v in flag_values.items()}):

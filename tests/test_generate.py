@@ -108,11 +108,20 @@ class GenerateTest(absltest.TestCase):
 
   def test_loop_compiles_once_per_bucket(self):
     gen = self.model.generator
-    before = gen._continue._cache_size()
-    # Other lengths and budgets inside the same buckets reuse the compiled programs.
-    gen.generate([self.prompts[0][:-2], self.prompts[1], self.prompts[2][:-1]], self.pixels,
-                 max_new_tokens=[7, 40, 33])
-    self.assertEqual(gen._continue._cache_size(), before)
+    gen.generate(self.prompts, self.pixels, max_new_tokens=40)   # compiled (maybe already)
+    compiles = []
+    def count(event, duration, **kwargs):
+      del duration, kwargs
+      if event == "/jax/core/compile/backend_compile_duration":
+        compiles.append(event)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+      # Other lengths and budgets inside the same buckets reuse the compiled programs.
+      gen.generate([self.prompts[0][:-2], self.prompts[1], self.prompts[2][:-1]], self.pixels,
+                   max_new_tokens=[7, 40, 33])
+    finally:
+      jax.monitoring.unregister_event_duration_listener(count)
+    self.assertEmpty(compiles)
 
   def test_decode_loop_reads_weights_and_cache_in_place(self):
     """The compiled decode loop neither slices the stacked [L, ...] weights (a copy of every
@@ -123,9 +132,9 @@ class GenerateTest(absltest.TestCase):
     # ... but a Generator may be given the training layout: stacked [L, ...] arrays.
     stacked_params = dict(gen.params, llm=dict(gen.params["llm"], layers=jax.tree.map(
         lambda *xs: jnp.stack(xs), *layers)))
-    _, shapes, ids, pixels, lengths, max_new, kw = gen._prepare(self.prompts, self.pixels, None, 8)
-    state = gen._start(stacked_params, ids, pixels, lengths, max_new, kw, max_new=shapes.max_new)
-    hlo = gen._continue.lower(stacked_params, state, np.int32(8), np.zeros(shapes.batch, bool),
+    _, shapes, ids, pixels, lengths, max_new, kw = gen.prepare(self.prompts, self.pixels, None, 8)
+    state = gen.start(stacked_params, ids, pixels, lengths, max_new, kw, max_new=shapes.max_new)
+    hlo = gen.decode_until.lower(stacked_params, state, np.int32(8), np.zeros(shapes.batch, bool),
                               kw).compile().as_text()
     cache = state["cache"]["k"][0]
     self.assertEqual(cache.dtype, np.float32)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from configs import common
 from data_samples import BAD
+from data_samples import data_config
 from data_samples import good_records
 from data_samples import qa
 from data_samples import temp_data_dir
@@ -132,10 +133,7 @@ class HostileDataTest(parameterized.TestCase):
     super().tearDownClass()
 
   def data(self, **overrides):
-    d = common.data_config()
-    d.update(dict(path=self.path, image_dir=self.images, max_len=128, num_workers=0))
-    d.update(overrides)
-    return d
+    return data_config(self.path, self.images, **overrides)
 
   def where(self, name):
     """file:line of case `name` (after the first three good records)."""

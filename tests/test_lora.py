@@ -22,7 +22,6 @@ from llava_jax.train import loop
 from llava_jax.train import lora_state
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import optimizer
-from llava_jax.train.state import init_inputs
 from tests import train_fixtures
 import tiny
 
@@ -43,8 +42,8 @@ class AdapterMathTest(absltest.TestCase):
     super().setUp()
     self.config = _tiny_lora_config()
     self.model = model_lib.build(self.config.model)
-    self.inputs = init_inputs(self.config.model)
-    self.params = model_lib.unbox(self.model.init(jax.random.key(0), *self.inputs)["params"])
+    self.inputs = model_lib.init_inputs(self.model.cfg)
+    self.params = model_lib.unbox(model_lib.init_params(self.model, jax.random.key(0)))
     self.layers = lora_lib.select(lora_lib.dense_layers(self.model, *self.inputs),
                                   self.config.lora.targets, 4)
 
@@ -101,7 +100,7 @@ class AdapterMathTest(absltest.TestCase):
     other = _tiny_lora_config()
     other.model.llm.dim = 96
     other_model = model_lib.build(other.model)
-    other_layers = lora_lib.select(lora_lib.dense_layers(other_model, *init_inputs(other.model)),
+    other_layers = lora_lib.select(lora_lib.dense_layers(other_model, *model_lib.init_inputs(other_model.cfg)),
                                    other.lora.targets, 4)
     adapters = model_lib.unbox(lora_lib.init_adapters(jax.random.key(1), other_layers, 4, 8.0))
     with self.assertRaisesRegex(ValueError, r"adapter for llm/layers/attn/\w+.*another base"):
@@ -145,7 +144,7 @@ class LoraTrainingTest(absltest.TestCase):
     init_rng, _ = jax.random.split(jax.random.key(config.seed))
     model = model_lib.build(config.model)
     # loop.run's random base: the same init rng (from the seed).
-    fresh = model_lib.unbox(model.init(init_rng, *init_inputs(config.model))["params"])
+    fresh = model_lib.unbox(model_lib.init_params(model, init_rng))
     _, fresh_frozen = optimizer.split_trainable(fresh, config.optim.trainable)
     # Eager vs jitted init differ in the last ulp; one Adam step moves a weight by ~lr = 3e-3.
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-7),
@@ -220,13 +219,13 @@ class QloraTest(absltest.TestCase):
   def test_quantized_base_matches_the_float_reference(self):
     config, factory = self._factory("int8")
     float_base = factory.random_params(jax.random.key(0))
-    ids, pixels = init_inputs(config.model)
     module = model_lib.build(config.model)
+    ids, pixels = model_lib.init_inputs(module.cfg)
     want = module.apply({"params": float_base}, ids, pixels)
     errors = {}
     for kind, dtype in (("int8", jnp.int8), ("int4", jnp.int4), ("nf4", jnp.uint4)):
       _, factory = self._factory(kind)
-      base = factory._quantized(float_base)
+      base = factory.quantized(float_base)
       q = base["llm"]["layers"]["mlp"]["up"]
       self.assertEqual(q["kernel_qvalue"].dtype, dtype)
       self.assertNotIn("kernel", q)

@@ -97,8 +97,8 @@ class ModelTest(parameterized.TestCase):
     mesh = sharding.make_mesh(dict(data=1, fsdp=4, tensor=2))
     rows = np.array([0, 1, 2, 0])  # The batch splits over data * fsdp = 4 devices.
     rules = sharding.LOGICAL_AXIS_RULES
-    abstract = jax.eval_shape(self.model.init, jax.random.key(0), self.ids, self.pixels)
-    params = jax.device_put(self.params, sharding.logical_shardings(abstract, mesh, rules))
+    abstract = sharding.abstract_params(self.model, mesh, rules)
+    params = jax.device_put(self.params, {"params": jax.tree.map(lambda x: x.sharding, abstract)})
     kernel = params["params"]["llm"]["layers"]["mlp"]["gate"]["kernel"]
     self.assertEqual(kernel.sharding.spec, jax.sharding.PartitionSpec(None, "fsdp", "tensor"))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -188,8 +188,7 @@ class ModelTest(parameterized.TestCase):
     cfg = small_cfg()
     cfg.dtype = "bfloat16"
     model = model_lib.build(cfg)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), self.ids, self.pixels)
-    dtypes = {x.dtype for x in jax.tree_util.tree_leaves(model_lib.unbox(abstract))}
+    dtypes = {x.dtype for x in jax.tree_util.tree_leaves(sharding.abstract_params(model))}
     self.assertEqual(dtypes, {jnp.dtype("float32")})
     logits = jax.jit(model.apply)(self.params, self.ids, self.pixels, self.seg, self.pos)
     self.assertEqual(logits.dtype, jnp.float32)
@@ -253,8 +252,8 @@ class StructureTest(parameterized.TestCase):
       model = model_lib.build(cfg)
       ids = jnp.zeros((1, 20), jnp.int32)
       pixels = jnp.zeros((1, 1, 32, 32, 3))
-      params = jax.eval_shape(model.init, jax.random.key(0), ids, pixels)
-      jaxpr = jax.make_jaxpr(model.apply)(model_lib.unbox(params), ids, pixels)
+      params = {"params": sharding.abstract_params(model)}
+      jaxpr = jax.make_jaxpr(model.apply)(params, ids, pixels)
       sizes.append(len(str(jaxpr).splitlines()))
     self.assertEqual(sizes[0], sizes[1])
 
@@ -262,10 +261,7 @@ class StructureTest(parameterized.TestCase):
   def test_presets_build_with_the_expected_size(self, preset):
     cfg = common.model_config(preset)
     model = model_lib.build(cfg)
-    s = cfg.vision.image_size
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                              jnp.zeros((1, 1, s, s, 3)))
-    count = sum(x.size for x in jax.tree_util.tree_leaves(model_lib.unbox(abstract)))
+    count = sum(x.size for x in jax.tree_util.tree_leaves(sharding.abstract_params(model)))
     low, high = {"tiny": (1e6, 3e6), "llava_v1_7b": (7.0e9, 7.1e9),
                  "llava15_7b": (7.0e9, 7.1e9), "llava15_13b": (13.3e9, 13.4e9)}[preset]
     self.assertBetween(count, low, high)
@@ -279,16 +275,14 @@ class StructureTest(parameterized.TestCase):
     cfg[field] = value
     model = model_lib.build(cfg)
     with self.assertRaisesRegex(ValueError, message):
-      jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                     jnp.zeros((1, 1, 32, 32, 3)))
+      model_lib.logical_param_shapes(model)
 
   def test_bad_feature_select_is_named(self):
     cfg = small_cfg()
     cfg.vision.feature_select = "cls"
     model = model_lib.build(cfg)
     with self.assertRaisesRegex(ValueError, "model.vision.feature_select"):
-      jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                     jnp.zeros((1, 1, 32, 32, 3)))
+      model_lib.logical_param_shapes(model)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import numpy as np
 
 from configs import common
 from data_samples import BAD
+from data_samples import assert_resumes_exactly
+from data_samples import data_config
 from data_samples import good_records
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
@@ -39,14 +41,7 @@ class PackingTest(parameterized.TestCase):
     super().tearDownClass()
 
   def data(self, **overrides):
-    d = common.data_config()
-    d.path = self.path
-    d.image_dir = self.images
-    d.max_len = 256
-    d.max_images = 2
-    d.num_workers = 0
-    d.update(overrides)
-    return d
+    return data_config(self.path, self.images, **{"max_len": 256, "max_images": 2, **overrides})
 
   def iterator(self, batch=2, **overrides):
     return pipeline.make_train_iterator(self.data(**overrides), self.model_cfg,
@@ -108,16 +103,8 @@ class PackingTest(parameterized.TestCase):
       report = unbroken.skip_report()
     finally:
       unbroken.close()
-    restored = self.iterator(pack=True, num_workers=num_workers)
-    try:
-      restored.set_state(state)
-      for w in want[2:]:
-        got = next(restored)
-        for k in pipeline.BATCH_KEYS:
-          np.testing.assert_array_equal(got[k], w[k])
-      self.assertEqual(restored.skip_report(), report)
-    finally:
-      restored.close()
+    assert_resumes_exactly(self, self.iterator(pack=True, num_workers=num_workers), state,
+                           want[2:], report)
     self.assertGreaterEqual(report["epoch"], 1)
 
 if __name__ == "__main__":

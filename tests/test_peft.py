@@ -19,7 +19,6 @@ from llava_jax.convert import exporter
 from llava_jax.convert import peft as peft_lib
 from llava_jax.convert import sources
 from llava_jax.model import lora as lora_lib
-from llava_jax.train.state import init_inputs
 
 N = (fx.IMAGE_SIZE // fx.PATCH_SIZE) ** 2
 SEED = 3
@@ -55,7 +54,7 @@ class PeftTest(absltest.TestCase):
 
   def _random_adapters(self):
     module = model_lib.build(self.model_cfg)
-    targets = lora_lib.select(lora_lib.dense_layers(module, *init_inputs(self.model_cfg)),
+    targets = lora_lib.select(lora_lib.dense_layers(module, *model_lib.init_inputs(module.cfg)),
                               lora_lib.DECODER_TARGETS + ("llm/lm_head",), 4)
     adapters = model_lib.unbox(lora_lib.init_adapters(jax.random.key(0), targets, 4, 8.0))
     flat = {k: (np.random.default_rng(len(k)).normal(size=v.shape).astype(np.float32) * 0.1

@@ -17,6 +17,7 @@ from data_samples import temp_data_dir
 from data_samples import write_jsonl
 from llava_jax.data import pipeline
 from llava_jax.data import prepare
+from llava_jax.data import records
 from llava_jax.data import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +77,7 @@ class PrepareTest(absltest.TestCase):
         np.testing.assert_array_equal(a[k], b[k])
 
   def test_record_round_trip(self):
-    rec = shards.StoredRecord("x", "f:1", {"id": "x", "é": [1]}, images=(b"abc", None, b""))
+    rec = records.Record("x", {"id": "x", "é": [1]}, "f:1", images=(b"abc", None, b""))
     self.assertEqual(shards.decode(shards.encode(rec)), rec)
     with self.assertRaisesRegex(ValueError, "not a llava_jax.shards"):
       shards.decode(b"JUNKJUNK")

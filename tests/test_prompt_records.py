@@ -8,6 +8,7 @@ from absl.testing import absltest
 import numpy as np
 
 from configs import common
+from data_samples import data_config
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
 from llava_jax.data import pipeline
@@ -42,10 +43,7 @@ class PromptRecordsTest(absltest.TestCase):
     super().tearDownClass()
 
   def data(self, **overrides):
-    d = common.data_config()
-    d.update({"path": self.path, "image_dir": self.images, "max_len": 128, "num_workers": 0,
-              **overrides})
-    return d
+    return data_config(self.path, self.images, **overrides)
 
   def test_leading_gpt_turn_is_dropped_and_noted(self):
     builder = pipeline.SampleBuilder(self.data(), self.model, seed=0)

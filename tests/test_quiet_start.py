@@ -85,6 +85,33 @@ class QuietStartTest(absltest.TestCase):
     self.assertTrue((self.tmp / "hf" / "config.json").exists())
     self.assert_quiet(export)
 
+  def test_plain_python_save_and_load_print_nothing(self):
+    # A notebook's first cells: save a model directory, load it, answer. Not through a program,
+    # so only the library's own edge (llava_jax/__init__.py) and causes fixed there keep it quiet.
+    directory = self.tmp / "plain_model"
+    script = textwrap.dedent(f"""
+        import os
+        import jax
+        import llava_jax
+        from configs import common
+        from llava_jax import model as model_lib
+        from llava_jax.convert import model_dir
+        cfg = common.model_config("tiny")
+        cfg.llm.layers = cfg.vision.layers = 1
+        params = model_lib.init_params(model_lib.build(cfg), jax.random.key(0))
+        path = {str(directory)!r}
+        model_dir.save_params(os.path.join(path, "params"), model_lib.unbox(params))
+        model_dir.write_config(path, cfg)
+        model_dir.copy_tokenizer(os.path.join(common.DEMO_DIR, "tokenizer"),
+                                 os.path.join(path, "tokenizer"))
+        model_dir.write_preprocessor(path, model_dir.default_preprocessor(cfg))
+        model = llava_jax.load(path)
+        print(len(model.chat(None, "What is it?", max_new_tokens=2)) >= 0)
+    """)
+    proc = self._run("-c", script)
+    self.assertEqual(proc.stdout.strip(), "True")
+    self.assertEqual(proc.stderr, "")
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -39,7 +39,7 @@ _DROP = object()
 
 
 def _record(data, where="f.json[0]"):
-  rec = records._make_record(data, where)
+  rec = records.make_record(data, where)
   assert isinstance(rec, records.Record)
   return rec
 

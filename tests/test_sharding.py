@@ -122,8 +122,7 @@ class ModelAxesTest(absltest.TestCase):
 
   def test_every_model_parameter_has_logical_names_with_rules(self):
     config = train_fixtures.tiny_config()
-    boxed = jax.eval_shape(model_lib.build(config.model).init, jax.random.key(0),
-                           *state_lib.init_inputs(config.model))["params"]
+    boxed = model_lib.logical_param_shapes(model_lib.build(config.model))
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     for leaf in leaves:
       self.assertIsInstance(leaf, nn.LogicallyPartitioned)

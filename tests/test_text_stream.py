@@ -54,6 +54,32 @@ class TextStreamTest(absltest.TestCase):
     self.assertNotIn("dog", out)  # could still become "dog runs"
     self.assertEqual(out + stream.finish(), "the dog")
 
+  def _chunks(self, ids, size):
+    """(ids, done) chunks of `size` tokens, the last one marked done (as generation yields)."""
+    starts = range(0, len(ids), size)
+    return [(ids[i:i + size], i + size >= len(ids)) for i in starts]
+
+  def test_streamed_pieces_equal_the_full_decode(self):
+    # Byte-fallback "é" splits a character across tokens; chunks of 1..4 split it differently.
+    # A stop string that never matches holds "window" back until the done chunk releases it.
+    ids = self._ids("the cat é runs near the red é window")
+    for size in (1, 2, 3, 4):
+      pieces = list(text_stream.stream_pieces(self.tok, self._chunks(ids, size), ["window pane"]))
+      self.assertEqual("".join(pieces), self.tok.decode(ids, skip_special_tokens=True), size)
+      self.assertTrue(all(pieces))   # no empty pieces
+    self.assertGreater(len(list(text_stream.stream_pieces(self.tok, self._chunks(ids, 1)))), 3)
+
+  def test_streamed_pieces_end_at_done_and_at_a_stop_string(self):
+    ids = self._ids("the cat sits on a red mat near the window")
+    done_early = [(ids[:3], True), (ids[3:], False)]   # nothing after the done chunk
+    self.assertEqual("".join(text_stream.stream_pieces(self.tok, done_early)),
+                     self.tok.decode(ids[:3], skip_special_tokens=True))
+    stopped = text_stream.stream_pieces(self.tok, self._chunks(ids, 2), ["red mat"])
+    self.assertEqual("".join(stopped), "the cat sits on a ")
+    no_done = [(ids, False)]   # chunks run out: the held-back tail is still released
+    self.assertEqual("".join(text_stream.stream_pieces(self.tok, no_done, ["window pane"])),
+                     self.tok.decode(ids, skip_special_tokens=True))
+
 
 if __name__ == "__main__":
   absltest.main()

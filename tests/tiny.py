@@ -4,9 +4,7 @@ Hugging Face configs of the parity and conversion tests. Every size a test shrin
 import os
 import pathlib
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import transformers
 
@@ -67,10 +65,8 @@ def write_model_dir(path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
   cfg.llm.layers = 1
   cfg.vision.layers = 1
   module = model_lib.build(cfg)
-  size = cfg.vision.image_size
-  variables = module.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32),
-                          jnp.zeros((1, 1, size, size, 3), jnp.float32))
-  model_dir.save_params(path / "params", nn.meta.unbox(variables)["params"])
+  params = model_lib.init_params(module, jax.random.key(seed))
+  model_dir.save_params(path / "params", model_lib.unbox(params))
   model_dir.write_config(path, cfg)
   model_dir.copy_tokenizer(DEMO_TOKENIZER, path / "tokenizer")
   model_dir.write_preprocessor(path, model_dir.default_preprocessor(cfg))

@@ -28,7 +28,7 @@ from llava_jax.convert import tensor_files  # noqa: E402
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_string("out", None, "Destination (must not exist without --overwrite).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out once complete.")
@@ -110,5 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(errors.one_line(main))

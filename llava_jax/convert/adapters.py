@@ -67,10 +67,9 @@ def read_adapter(path, model_cfg: ml_collections.ConfigDict) -> Adapter:
 def random_base(config: ml_collections.ConfigDict) -> dict:
   """The random base a LoRA run with `init.params_from=''` trained on (from its seed)."""
   from llava_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from llava_jax.train.state import init_inputs  # pylint: disable=g-import-not-at-top
   module = model_lib.build(config.model)
   init_rng, _ = jax.random.split(jax.random.key(config.seed))
-  init = jax.jit(lambda r: model_lib.unbox(module.init(r, *init_inputs(config.model))["params"]))
+  init = jax.jit(lambda r: model_lib.unbox(model_lib.init_params(module, r)))
   dtype = jnp.dtype(config.lora.base_dtype)
   return jax.tree.map(lambda x: np.asarray(x.astype(dtype)), init(init_rng))
 
@@ -81,8 +80,8 @@ def _as_trained(params: dict, config: ml_collections.ConfigDict, adapters: dict)
     return params
   from llava_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from llava_jax.model import quant  # pylint: disable=g-import-not-at-top
-  from llava_jax.train.state import init_inputs  # pylint: disable=g-import-not-at-top
-  layers = lora_lib.dense_layers(model_lib.build(config.model), *init_inputs(config.model))
+  module = model_lib.build(config.model)
+  layers = lora_lib.dense_layers(module, *model_lib.init_inputs(module.cfg))
   flat = traverse_util.flatten_dict(params)
   for path in lora_lib.adapted_layers(adapters):
     kernel = flat[path + ("kernel",)]

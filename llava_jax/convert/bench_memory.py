@@ -31,7 +31,7 @@ from llava_jax.convert import tensor_files
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_string("workdir", "/tmp/llava_convert_bench", "Scratch directory.")
   flags.DEFINE_string("preset", "llava15_7b", "Model preset (configs/common.py).")
@@ -112,5 +112,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

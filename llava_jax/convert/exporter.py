@@ -46,8 +46,7 @@ def processor_config(model_cfg, preprocessor: dict) -> dict:
       "patch_size": model_cfg.vision.patch_size,
       # CLIP always prepends CLS; "default" drops it again, "full" keeps it.
       "num_additional_image_tokens": 1,
-      "vision_feature_select_strategy":
-          "default" if model_cfg.vision.feature_select == "patch" else "full",
+      "vision_feature_select_strategy": hf_config.HF_FEATURE_SELECT[model_cfg.vision.feature_select],
   }
 
 

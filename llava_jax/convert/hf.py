@@ -155,15 +155,6 @@ def canonical_key(hf_key: str) -> str | None:
   return hf_key
 
 
-def _num_linear(projector: str) -> int:
-  if projector == "linear":
-    return 1
-  match = re.fullmatch(r"mlp(\d+)x_gelu", projector)
-  if not match:
-    raise ValueError(f"model.projector: unknown kind {projector!r}")
-  return int(match.group(1))
-
-
 def hf_names(model_cfg: ml_collections.ConfigDict) -> dict[str, Entry]:
   """Every HF tensor name (canonical spelling) the model has, with where it goes in our tree."""
   table = {}
@@ -177,7 +168,8 @@ def hf_names(model_cfg: ml_collections.ConfigDict) -> dict[str, Entry]:
         table[prefix + hf] = Entry(our_prefix + ours, None, transform)
 
   add(VISION, _VISION_RULES, "vision/", model_cfg.vision.layers)
-  for k in range(_num_linear(model_cfg.projector)):
+  from llava_jax.model import projector as projector_lib  # pylint: disable=g-import-not-at-top
+  for k in range(projector_lib.num_linear_layers(model_cfg.projector)):
     table[f"{PROJECTOR}linear_{k + 1}.weight"] = Entry(f"projector/linear_{k}/kernel", None, LINEAR)
     table[f"{PROJECTOR}linear_{k + 1}.bias"] = Entry(f"projector/linear_{k}/bias", None, COPY)
   add(LLM, _LLM_RULES, "llm/", model_cfg.llm.layers)
@@ -188,13 +180,11 @@ def hf_names(model_cfg: ml_collections.ConfigDict) -> dict[str, Entry]:
 
 def param_shapes(model_cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
   """Our parameter path -> shape, from `jax.eval_shape` (nothing is allocated)."""
-  from llava_jax import model as model_lib  # Local: keeps `import hf` light for the CLI.
-  module = model_lib.build(model_cfg)
-  v = model_cfg.vision
-  ids = jax.ShapeDtypeStruct((1, 1), np.int32)
-  pixels = jax.ShapeDtypeStruct((1, 1, v.image_size, v.image_size, 3), np.float32)
-  abstract = jax.eval_shape(module.init, jax.random.key(0), ids, pixels)
-  flat = jax.tree_util.tree_flatten_with_path(model_lib.unbox(abstract["params"]))[0]
+  # Local: keeps `import hf` light for the CLI.
+  from llava_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from llava_jax import sharding  # pylint: disable=g-import-not-at-top
+  abstract = sharding.abstract_params(model_lib.build(model_cfg))
+  flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
   return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 

@@ -13,7 +13,8 @@ import transformers
 
 from configs import common
 
-_SELECT = {"patch": "default", "cls_patch": "full"}
+# Our model.vision.feature_select -> llava-hf's vision_feature_select_strategy (the one mapping).
+HF_FEATURE_SELECT = {"patch": "default", "cls_patch": "full"}
 
 
 def _as_dict(config) -> dict:
@@ -78,7 +79,7 @@ def from_hf(llava) -> ml_collections.ConfigDict:
   if not isinstance(layer, int):
     raise ValueError(f"vision_feature_layer={layer!r}: only a single layer is supported")
   strategy = _get(llava, "vision_feature_select_strategy")
-  select = {v: k for k, v in _SELECT.items()}.get(strategy)
+  select = {v: k for k, v in HF_FEATURE_SELECT.items()}.get(strategy)
   if select is None:
     raise ValueError(f"vision_feature_select_strategy={strategy!r} (expected default|full)")
   act = _get(llava, "projector_hidden_act")
@@ -120,6 +121,6 @@ def to_hf(model_cfg: ml_collections.ConfigDict, **text_overrides) -> transformer
       vision_config=vision, text_config=transformers.LlamaConfig(**text),
       image_token_index=model_cfg.image_token_id, projector_hidden_act="gelu",
       vision_feature_layer=v.feature_layer,
-      vision_feature_select_strategy=_SELECT[v.feature_select],
+      vision_feature_select_strategy=HF_FEATURE_SELECT[v.feature_select],
       image_seq_length=common.num_image_tokens(model_cfg),
       tie_word_embeddings=t.tie_embeddings)

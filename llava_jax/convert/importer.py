@@ -22,6 +22,7 @@ from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.convert import model_dir
 from llava_jax.convert import tensor_files
+from llava_jax.model import projector as projector_lib
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
@@ -119,13 +120,9 @@ def _projector_layers(reader: tensor_files.TensorReader) -> dict[str, str]:
   return names
 
 
-def _projector_name(num_linear: int) -> str:
-  return "linear" if num_linear == 1 else f"mlp{num_linear}x_gelu"
-
-
 def _fresh_projector(projector: str, vision_dim: int, llm_dim: int, seed: int) -> dict:
   """LLaVA's stage-1 starting point: torch.nn.Linear's default init, U(+-1/sqrt(fan_in))."""
-  depth = 1 if projector == "linear" else int(re.fullmatch(r"mlp(\d+)x_gelu", projector).group(1))
+  depth = projector_lib.num_linear_layers(projector)
   rng = np.random.default_rng(seed)
   tensors = {}
   for i in range(depth):
@@ -165,7 +162,7 @@ def import_components(vision: str, llm: str, out: str, *, projector: str | None 
     projector_reader = tensor_files.TensorReader.from_path(projector)
     names = _projector_layers(projector_reader)
     sources.update({k: (projector_reader, v) for k, v in names.items()})
-    projector_type = _projector_name(len(names) // 2)
+    projector_type = projector_lib.kind_of(len(names) // 2)
   else:
     logging.warning("no --projector: the projector is freshly initialised (seed %d)", seed)
     fresh = _fresh_projector(projector_type, vision_cfg.hidden_size, llama_cfg.hidden_size, seed)
@@ -187,7 +184,7 @@ def import_components(vision: str, llm: str, out: str, *, projector: str | None 
       vision_config=vision_cfg.to_dict(), text_config=llama_cfg.to_dict(),
       image_token_index=image_token_id, projector_hidden_act="gelu",
       vision_feature_layer=feature_layer,
-      vision_feature_select_strategy="default" if feature_select == "patch" else "full")
+      vision_feature_select_strategy=hf_config.HF_FEATURE_SELECT[feature_select])
   model_cfg = hf_config.from_hf(llava_cfg)
   with model_cfg.unlocked():
     model_cfg.projector = projector_type

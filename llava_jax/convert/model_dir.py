@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from llava_jax import config_check
+from llava_jax.data import image as image_lib
 
 PARAMS = "params"
 CONFIG = "config.json"
@@ -45,9 +46,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
                    "chat_template.jinja", "chat_template.json")
 
-# OpenAI CLIP normalization; LLaVA's image processor uses it too.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# OpenAI CLIP normalization (LLaVA's image processor uses it too), from the one image path.
+CLIP_MEAN = image_lib.CLIP_MEAN
+CLIP_STD = image_lib.CLIP_STD
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -86,7 +87,10 @@ def save_params(path: str | os.PathLike, params: Any):
   # By default Orbax deep-copies every host array up front (a second copy of the model) and
   # writes them all at once; the conversion owns its arrays, so skip the copy and cap the bytes
   # in flight (weights hardly compress; zstd buffers cost a copy). StandardRestore reads it.
+  # The jax.Array entry is never used (leaves are numpy), but without one Orbax logs "No jax.Array
+  # in TypeHandlerRegistry" on every save.
   registry = ocp.type_handlers.create_type_handler_registry(
+      (jax.Array, ocp.type_handlers.ArrayHandler()),
       (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
   handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, type_handler_registry=registry,
                                         use_compression=False)

@@ -94,7 +94,7 @@ def main(argv) -> None:
   run(f.image_size, [int(w) for w in f.workers], f.batch, f.batches)
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no global flags.
   flags.DEFINE_integer("image_size", 336, "Vision tower input size.")
   flags.DEFINE_list("workers", ["1", "2"], "Worker counts to measure (0 = in-process).")
@@ -103,5 +103,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

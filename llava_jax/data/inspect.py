@@ -131,7 +131,7 @@ def main(argv) -> None:
     print(describe(config, index, color=sys.stdout.isatty()))
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no global flags.
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -140,5 +140,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

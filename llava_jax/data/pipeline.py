@@ -35,7 +35,6 @@ worker batches its own slice of the stream, so the batch order depends on `data.
 resume with the worker count the state was saved with.
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -50,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
+from llava_jax import config_check
 from llava_jax.data import conversation
 from llava_jax.data import image as image_lib
 from llava_jax.data import records as records_lib
@@ -70,33 +70,14 @@ class BadSampleError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources: every element is an `Example` (picklable, no decoded pixels yet).
+# Sources: every element is a `records.Record` (picklable, no decoded pixels yet).
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """One entry of the data as the source yields it."""
-  id: str                             # record id (or "file:line" for an unreadable line)
-  where: str                          # "file:line" / "file[index]"
-  data: dict | None                   # the LLaVA record; None when it could not be read
-  problem: tuple[str, str] | None = None   # (kind, reason) when data is None
-  image_bytes: tuple[bytes | None, ...] | None = None  # prepared shards: bytes per image
-                                      # (None: the file was unreadable at prepare time)
-
-  @property
-  def record(self) -> records_lib.Record:
-    return records_lib.Record(id=self.id, data=self.data, where=self.where)
-
-
-def read_json_examples(path: str) -> list[Example]:
-  """Examples from a LLaVA JSON list or JSONL file; unreadable lines become problems."""
-  examples = []
-  for item in records_lib.read_records(path):
-    if isinstance(item, records_lib.BadLine):
-      examples.append(Example(item.id, item.where, None, (item.kind, item.message)))
-    else:
-      examples.append(Example(item.id, item.where, item.data))
-  return examples
+def read_json_examples(path: str) -> list[records_lib.Record]:
+  """Records of a LLaVA JSON list or JSONL file; unreadable lines become records with a problem."""
+  return [records_lib.Record(item.id, None, item.where, (item.kind, item.message))
+          if isinstance(item, records_lib.BadLine) else item
+          for item in records_lib.read_records(path)]
 
 
 def is_prepared(path: str) -> bool:
@@ -104,32 +85,28 @@ def is_prepared(path: str) -> bool:
 
 
 def make_source(data_cfg: ml_collections.ConfigDict) -> grain.MapDataset:
-  """MapDataset of Examples from JSON/JSONL + image folder, or from prepared shards."""
+  """MapDataset of records.Records from JSON/JSONL + image folder, or from prepared shards."""
   if is_prepared(data_cfg.path):
-    return grain.MapDataset.source(shards.ShardSource(data_cfg.path)).map(_from_shard)
+    return grain.MapDataset.source(shards.ShardSource(data_cfg.path))
   if not os.path.isfile(data_cfg.path):
     raise FileNotFoundError(f"data.path {data_cfg.path!r} is neither a JSON/JSONL file nor a "
                             "directory written by llava_jax.data.prepare")
   return grain.MapDataset.source(read_json_examples(data_cfg.path))
 
 
-def _from_shard(stored: shards.StoredRecord) -> Example:
-  problem = (stored.problem_kind, stored.problem) if stored.data is None else None
-  return Example(stored.id, stored.where, stored.data, problem, tuple(stored.images))
-
-
 # ---------------------------------------------------------------------------------------------
-# Map: Example → sample dict (or a skip marker).
+# Map: Record → sample dict (or a skip marker).
 
 
 class SampleBuilder:
-  """Example → padded arrays for one row; runs in Grain workers (spawned processes).
+  """Record → padded arrays for one row; runs in Grain workers (spawned processes).
 
   Holds only plain settings, so it pickles cheaply; the tokenizer loads once per process.
   """
 
   def __init__(self, data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                seed: int):
+    config_check.check(data_cfg, "data")   # the one check of enum fields, also off `main`
     self.template = data_cfg.template
     self.tokenizer_path = data_cfg.tokenizer
     self.image_dir = data_cfg.image_dir
@@ -143,20 +120,12 @@ class SampleBuilder:
     self.num_image_tokens = common.num_image_tokens(model_cfg)
     self.seed = seed
     self.strict = data_cfg.on_error == "strict"
-    if self.template not in conversation.TEMPLATES:
-      raise ValueError(f"data.template={self.template!r}; expected one of {conversation.TEMPLATES}")
-    if self.image_placement not in conversation.PLACEMENTS:
-      raise ValueError(f"data.image_placement={self.image_placement!r}; expected one of "
-                       f"{conversation.PLACEMENTS}")
-    if self.image_aspect not in image_lib.PREPROCESS_MODES:
-      raise ValueError(f"data.image_aspect={self.image_aspect!r}; expected one of "
-                       f"{image_lib.PREPROCESS_MODES}")
 
   @property
   def encoder(self) -> tokenize.PromptTokenizer:
     return _cached_encoder(self.tokenizer_path, self.image_token_id, self.num_image_tokens)
 
-  def tokens(self, example: Example, index: int = 0):
+  def tokens(self, example: records_lib.Record, index: int = 0):
     """(Encoded, image names, notes) of a record; raises BadSampleError.
 
     Problems that records.check_record calls warnings (an image with no `<image>` in the
@@ -164,7 +133,7 @@ class SampleBuilder:
     """
     if example.data is None:
       raise BadSampleError(*example.problem)
-    rec = example.record
+    rec = example
     notes = []
     for problem in records_lib.check_record(rec, None, max_images=self.max_images):
       if problem.severity == records_lib.ERROR or self.strict:
@@ -189,7 +158,7 @@ class SampleBuilder:
                    f"max_len={self.max_len}")
     return encoded, names, notes
 
-  def pixels_uint8(self, example: Example, names: list[str], count: int) -> np.ndarray:
+  def pixels_uint8(self, example: records_lib.Record, names: list[str], count: int) -> np.ndarray:
     """uint8[M, S, S, 3]: the first `count` images resized + cropped (not yet normalized).
 
     Workers ship uint8 (4x less than float32 through shared memory); `model_pixels`
@@ -198,25 +167,25 @@ class SampleBuilder:
     out = np.zeros((self.max_images, self.image_size, self.image_size, 3), np.uint8)
     for i, name in enumerate(names[:count]):
       try:
-        if example.image_bytes is None:
+        if example.images is None:
           decoded = image_lib.load_image(os.path.join(self.image_dir, name))
-        elif example.image_bytes[i] is None:
+        elif example.images[i] is None:
           raise image_lib.ImageError(name, "missing_image", "image was unreadable at prepare time")
         else:
-          decoded = image_lib.decode_image(example.image_bytes[i], name=name)
+          decoded = image_lib.decode_image(example.images[i], name=name)
         out[i] = image_lib.resize_and_crop(decoded, self.image_size, self.image_aspect, name)
       except image_lib.ImageError as e:
         field = "image" if len(names) == 1 else f"image[{i}]"
         raise BadSampleError(e.kind, f"{field}: {e}") from None
     return out
 
-  def build(self, example: Example, index: int = 0) -> dict[str, np.ndarray]:
+  def build(self, example: records_lib.Record, index: int = 0) -> dict[str, np.ndarray]:
     """The padded row for `example`: BATCH_KEYS arrays (no batch axis); raises BadSampleError."""
     row, _ = self.build_with_notes(example, index)
     row["pixels"] = model_pixels(row.pop("pixels_uint8")[None], row.pop("num_images")[None])[0]
     return row
 
-  def build_with_notes(self, example: Example, index: int = 0):
+  def build_with_notes(self, example: records_lib.Record, index: int = 0):
     """(row, notes); the row has `pixels_uint8` and `num_images` in place of `pixels`."""
     encoded, names, notes = self.tokens(example, index)
     row = tokenize.pad_to(encoded, self.max_len, self.encoder.pad_id)
@@ -224,7 +193,7 @@ class SampleBuilder:
     row["num_images"] = np.int32(encoded.num_images)
     return row, notes
 
-  def __call__(self, index: int, example: Example) -> dict[str, Any]:
+  def __call__(self, index: int, example: records_lib.Record) -> dict[str, Any]:
     """Grain map_with_index: the row plus bookkeeping, or a skip marker."""
     meta = {"id": example.id, "where": example.where, "index": index, "skip": "", "notes": []}
     try:
@@ -242,17 +211,9 @@ class SampleBuilder:
 def model_pixels(pixels_BxMxSxSx3: np.ndarray, num_images_B: np.ndarray) -> np.ndarray:
   """uint8 crops → float32[B, M, S, S, 3] CLIP-normalized, zeros where a row has no image m.
 
-  Same values as image.normalize (to float32 rounding), as one multiply and one add.
+  The normalization is image.normalize's, so training sees exactly what inference sees.
   """
-  std = np.asarray(image_lib.CLIP_STD, np.float32)
-  scale = np.float32(1 / 255) / std
-  offset = -np.asarray(image_lib.CLIP_MEAN, np.float32) / std
-  # Rows of S*3 values, so numpy's inner loops are long (a trailing axis of 3 is slow).
-  row = pixels_BxMxSxSx3.shape[-2] * 3
-  out = pixels_BxMxSxSx3.astype(np.float32)
-  flat = out.reshape(-1, row)
-  flat *= np.tile(scale, row // 3)
-  flat += np.tile(offset, row // 3)
+  out = image_lib.normalize(pixels_BxMxSxSx3)
   absent_BxM = np.arange(out.shape[1])[None, :] >= num_images_B[:, None]
   out[absent_BxM] = 0
   return out
@@ -542,8 +503,7 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                      f"process_count={process_count}")
-  if data_cfg.on_error not in ("skip", "strict"):
-    raise ValueError(f"data.on_error={data_cfg.on_error!r}; expected 'skip' or 'strict'")
+  config_check.check(data_cfg, "data")
   source = make_source(data_cfg)
   # Each host reads only its own slice of the records.
   ds = source[process_index::process_count]
@@ -596,7 +556,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, model_cfg: ml_colle
 
 
 def iterate_samples(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
-                    seed: int = 0) -> Iterator[tuple[Example, dict[str, Any]]]:
+                    seed: int = 0) -> Iterator[tuple[records_lib.Record, dict[str, Any]]]:
   """Source order, no shuffling: (example, SampleBuilder element) — for tools and tests."""
   source = make_source(data_cfg)
   builder = SampleBuilder(data_cfg, model_cfg, seed)

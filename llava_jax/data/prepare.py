@@ -11,6 +11,7 @@ holds the LLaVA JSON and any number of images, which needs no TFDS feature spec 
 The output appears atomically (written to OUT.tmp, then renamed).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -27,10 +28,10 @@ from llava_jax.data import shards
 RECORDS_PER_SHARD = 5000
 
 
-def _stored(entry, image_dir: str) -> tuple[shards.StoredRecord, int]:
-  """(StoredRecord, number of unreadable image files) of one read_records entry."""
+def _stored(entry, image_dir: str) -> tuple[records_lib.Record, int]:
+  """(the record with its image files, number of unreadable ones) of one read_records entry."""
   if isinstance(entry, records_lib.BadLine):
-    return shards.StoredRecord(entry.id, entry.where, None, entry.kind, entry.message), 0
+    return records_lib.Record(entry.id, None, entry.where, (entry.kind, entry.message), ()), 0
   try:
     names = records_lib.images_of(entry)
   except records_lib.RecordError:
@@ -43,7 +44,7 @@ def _stored(entry, image_dir: str) -> tuple[shards.StoredRecord, int]:
     except OSError:
       images.append(None)
       missing += 1
-  return shards.StoredRecord(entry.id, entry.where, entry.data, images=tuple(images)), missing
+  return dataclasses.replace(entry, images=tuple(images)), missing
 
 
 def prepare(data: str, image_dir: str, out: str, num_shards: int = 0) -> dict:
@@ -86,7 +87,7 @@ def prepare(data: str, image_dir: str, out: str, num_shards: int = 0) -> dict:
   return info
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no global flags.
   flags.DEFINE_string("data", None, "LLaVA JSON or JSONL file.", required=True)
   flags.DEFINE_string("images", None, "Folder the records' image paths are relative to.",
@@ -108,5 +109,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -98,9 +98,18 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class Record:
+  """One entry of a data file at every stage: read here, stored in shards, fed to the pipeline.
+
+  An entry that could not be read travels too (`data` None, `problem` says why), so the pipeline
+  skips it with the same id and reason whether it reads the JSON file or prepared shards.
+  """
   id: str        # the record's `id`, or its position when it has none
-  data: dict     # the JSON object as read
+  data: dict | None  # the JSON object as read; None when the entry could not be read
   where: str     # "file:line" or "file[index]"
+  problem: tuple[str, str] | None = None  # (kind, message) when data is None
+  # Prepared shards: the encoded image files in `image` order (None: unreadable at prepare time);
+  # None here: read them from the image folder.
+  images: tuple[bytes | None, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +156,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record | BadLine]:
 _BOM = b"\xef\xbb\xbf"
 
 
-def _make_record(obj, where: str) -> Record | BadLine:
+def make_record(obj, where: str) -> Record | BadLine:
+  """The Record of one parsed JSON entry at `where`, or a BadLine if it is not an object."""
   if not isinstance(obj, dict):
     return BadLine(where, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
   record_id = obj.get("id")
@@ -165,7 +175,7 @@ def _iter_json_list(path: str) -> Iterator[Record | BadLine]:
     raise RecordError(None, "<file>", f"not UTF-8: {e}", kind="malformed_json",
                       where=path) from None
   for index, obj in enumerate(entries):
-    yield _make_record(obj, f"{path}[{index}]")
+    yield make_record(obj, f"{path}[{index}]")
 
 
 def _iter_jsonl(path: str) -> Iterator[Record | BadLine]:
@@ -182,7 +192,7 @@ def _iter_jsonl(path: str) -> Iterator[Record | BadLine]:
       except json.JSONDecodeError as e:
         yield BadLine(where, "malformed_json", f"not valid JSON: {e.msg} at column {e.colno}")
         continue
-      yield _make_record(obj, where)
+      yield make_record(obj, where)
 
 
 # ---------------------------------------------------------------- accessors

@@ -11,37 +11,31 @@ Unreadable entries (malformed JSONL lines, unreadable image files) are stored to
 pipeline skips them with the same record id and reason as it would reading the JSON + folder.
 """
 
-import dataclasses
 import json
 import os
 import struct
 
 import grain
 
+from llava_jax.data import records as records_lib
+
 INFO_FILE = "dataset_info.json"
 FORMAT = "llava_jax.shards/1"
 _MAGIC = b"LLJ1"
 
 
-@dataclasses.dataclass(frozen=True)
-class StoredRecord:
-  id: str
-  where: str
-  data: dict | None                       # None: the entry could not be read
-  problem_kind: str = ""
-  problem: str = ""
-  images: tuple[bytes | None, ...] = ()   # encoded image files, in `image` order
-
-
-def encode(rec: StoredRecord) -> bytes:
-  header = {"id": rec.id, "where": rec.where, "data": rec.data, "problem_kind": rec.problem_kind,
-            "problem": rec.problem, "images": [None if b is None else len(b) for b in rec.images]}
+def encode(rec: records_lib.Record) -> bytes:
+  """One stored record; `rec.images` None (nothing read yet) is stored as no images."""
+  kind, problem = rec.problem or ("", "")
+  images = rec.images or ()
+  header = {"id": rec.id, "where": rec.where, "data": rec.data, "problem_kind": kind,
+            "problem": problem, "images": [None if b is None else len(b) for b in images]}
   head = json.dumps(header, ensure_ascii=False).encode("utf-8")
   return b"".join([_MAGIC, struct.pack("<I", len(head)), head,
-                   *(b for b in rec.images if b is not None)])
+                   *(b for b in images if b is not None)])
 
 
-def decode(raw: bytes) -> StoredRecord:
+def decode(raw: bytes) -> records_lib.Record:
   if raw[:4] != _MAGIC:
     raise ValueError(f"not a {FORMAT} record (starts with {raw[:4]!r})")
   (n,) = struct.unpack("<I", raw[4:8])
@@ -50,8 +44,8 @@ def decode(raw: bytes) -> StoredRecord:
   for size in header["images"]:
     images.append(None if size is None else raw[offset:offset + size])
     offset += size or 0
-  return StoredRecord(header["id"], header["where"], header["data"], header["problem_kind"],
-                      header["problem"], tuple(images))
+  problem = (header["problem_kind"], header["problem"]) if header["data"] is None else None
+  return records_lib.Record(header["id"], header["data"], header["where"], problem, tuple(images))
 
 
 def shard_name(i: int, n: int) -> str:
@@ -67,7 +61,7 @@ def read_info(directory: str) -> dict:
 
 
 class ShardSource(grain.sources.RandomAccessDataSource):
-  """Random access to StoredRecords of a prepared directory (Grain data source)."""
+  """Random access to the records.Records of a prepared directory (Grain data source)."""
 
   def __init__(self, directory: str):
     self.directory = directory
@@ -81,7 +75,7 @@ class ShardSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return len(self._source)
 
-  def __getitem__(self, index: int) -> StoredRecord:
+  def __getitem__(self, index: int) -> records_lib.Record:
     return decode(self._source[index])
 
   def __repr__(self) -> str:

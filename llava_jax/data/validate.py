@@ -160,7 +160,7 @@ def check(data_config: ml_collections.ConfigDict,
   return report
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   """CLI flags; defined only when run as a program, so importing `validate` defines none."""
   flags.DEFINE_string("data", None, "LLaVA JSON or JSONL file.", required=True)
   flags.DEFINE_string("images", None, "Folder the `image` paths are relative to; omit to check "
@@ -201,5 +201,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

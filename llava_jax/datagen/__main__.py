@@ -22,7 +22,7 @@ from llava_jax.datagen import prompts
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_list(
     "annotations", None, "A .jsonl of {image, captions, boxes}, or COCO captions[,instances] "
@@ -71,5 +71,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -20,7 +20,7 @@ from llava_jax.datagen import journal
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_enum("task", None, flan.TASKS, "Which task's templates to apply.")
   flags.DEFINE_string("input", None, "JSONL file, or tfds:NAME for a local TFDS dataset.")
@@ -55,5 +55,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

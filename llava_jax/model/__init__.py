@@ -2,6 +2,7 @@
 
 from flax.linen import meta
 import jax
+import jax.numpy as jnp
 
 from llava_jax.model.llama import DecoderConfig
 from llava_jax.model.llama import init_cache
@@ -46,6 +47,27 @@ def unbox(tree):
   return meta.unbox(tree)
 
 
+def init_inputs(cfg: LlavaConfig) -> tuple[jax.Array, jax.Array]:
+  """Smallest inputs that touch every parameter: one image's worth of image tokens."""
+  size = cfg.vision.image_size
+  input_ids = jnp.full((1, cfg.num_image_tokens), cfg.image_token_id, jnp.int32)
+  pixels = jnp.zeros((1, 1, size, size, 3), jnp.float32)
+  return input_ids, pixels
+
+
+def init_params(module: Llava, rng: jax.Array):
+  """Freshly initialized parameters of `module`, boxed with their logical axis names."""
+  return module.init(rng, *init_inputs(module.cfg))["params"]
+
+
+def logical_param_shapes(module: Llava):
+  """The parameters as boxed ShapeDtypeStructs (nothing is allocated), logical names kept.
+
+  `llava_jax.sharding.abstract_params` turns them into the abstract parameters callers load into.
+  """
+  return jax.eval_shape(lambda rng: init_params(module, rng), jax.random.key(0))
+
+
 def build(model_cfg, platform: str | None = None) -> Llava:
   """The Llava module for a model ConfigDict; parameters come from `model.init` or a checkpoint.
 
@@ -55,5 +77,5 @@ def build(model_cfg, platform: str | None = None) -> Llava:
   return Llava(model_dataclass(model_cfg, platform))
 
 
-__all__ = ["build", "unbox", "model_dataclass", "platform_of", "PLATFORMS", "init_cache", "Llava", "LlavaConfig",
+__all__ = ["build", "unbox", "init_inputs", "init_params", "logical_param_shapes", "model_dataclass", "platform_of", "PLATFORMS", "init_cache", "Llava", "LlavaConfig",
            "DecoderConfig", "VisionConfig"]

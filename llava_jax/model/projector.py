@@ -23,6 +23,11 @@ def num_linear_layers(kind: str) -> int:
   return int(match.group(1))
 
 
+def kind_of(num_linear: int) -> str:
+  """The projector kind with `num_linear` linear layers (inverse of `num_linear_layers`)."""
+  return "linear" if num_linear == 1 else f"mlp{num_linear}x_gelu"
+
+
 def logical_axes(n: int) -> list[str]:
   """Logical names of the n+1 feature dims the n linear layers connect.
 

@@ -68,14 +68,11 @@ class _Row:
     if job.logprobs and ids and not self.stream.stopped:
       lps = protocol.token_logprobs(tokenizer, self.stream.token_ids, ids, tokens.logprobs,
                                     tokens.top_ids, tokens.top_logprobs, job.top_logprobs)
-    piece = self.stream.push(ids)
+    piece = self.stream.advance(ids, tokens.done or job.cancelled)
     if piece or lps:
       job.emit(("text", piece, lps))
-    if not (tokens.done or self.stream.stopped or job.cancelled):
+    if not self.stream.finished:
       return False
-    tail = self.stream.finish()
-    if tail:
-      job.emit(("text", tail, []))
     reason = "stop" if self.stream.stopped or tokens.eos else "length"
     job.emit(("done", reason, self.count))
     return True

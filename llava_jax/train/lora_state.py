@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.model import lora as lora_lib
 from llava_jax.model import quant
 from llava_jax.train import optimizer
 from llava_jax.train.state import StateFactory
 from llava_jax.train.state import TrainState
-from llava_jax.train.state import init_inputs
 
 LORA = lora_lib.LORA
 
@@ -59,7 +59,7 @@ class LoraStateFactory(StateFactory):
 
   def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, tx, mesh):
     self.lora_cfg = config.lora
-    all_layers = lora_lib.dense_layers(model, *init_inputs(config.model))
+    all_layers = lora_lib.dense_layers(model, *model_lib.init_inputs(model.cfg))
     self.targets = lora_lib.select(all_layers, config.lora.targets, config.lora.rank)
     if not any(p.startswith(LORA) for p in config.optim.trainable):
       raise ValueError(f"config.optim.trainable={tuple(config.optim.trainable)} selects no "
@@ -67,13 +67,11 @@ class LoraStateFactory(StateFactory):
     super().__init__(LoraModel(model), config.model, tx, config.optim.trainable, mesh)
     # What init.params_from / random init provide: the float base (quantized after loading).
     boxed = jax.eval_shape(lambda r: self._boxed_base(r, quantized=False), jax.random.key(0))
-    self.float_base_shardings = sharding.logical_shardings(boxed, mesh)
-    self.float_base = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
-        self.float_base_shardings)
+    self.float_base = sharding.abstract(boxed, mesh)
+    self.float_base_shardings = jax.tree.map(lambda x: x.sharding, self.float_base)
 
   def _boxed_base(self, rng, quantized: bool = True):
-    base = self.model.base.init(rng, *init_inputs(self.model_cfg))["params"]
+    base = model_lib.init_params(self.model.base, rng)
     base = _cast_frozen(base, self.trainable, jnp.dtype(self.lora_cfg.base_dtype))
     return self._quantize(base) if quantized else base
 
@@ -93,7 +91,8 @@ class LoraStateFactory(StateFactory):
       flat[l.path + ("kernel_scale",)] = rebox(scales)
     return traverse_util.unflatten_dict(flat)
 
-  def _quantized(self, base):
+  def quantized(self, base):
+    """The float base (in `float_base` shardings) as the state holds it: QLoRA-quantized."""
     if self.lora_cfg.quant == "none":
       return base
     return jax.jit(self._quantize, in_shardings=(self.float_base_shardings,),
@@ -122,7 +121,7 @@ class LoraStateFactory(StateFactory):
 
   def initial_state(self, init_cfg, rng) -> TrainState:
     from llava_jax.train import init as init_lib
-    base = self._quantized(init_lib.initial_params(init_cfg, self, rng))
+    base = self.quantized(init_lib.initial_params(init_cfg, self, rng))
     return self.state_from_params({**base, LORA: self.fresh_adapters(rng)})
 
   def _saved_keys(self, params) -> set:
@@ -142,6 +141,6 @@ class LoraStateFactory(StateFactory):
   def from_saved(self, saved, init_cfg, rng) -> TrainState:
     """The saved adapters, projector and optimizer state around the base `config.init` names."""
     from llava_jax.train import init as init_lib
-    base = self._quantized(init_lib.initial_params(init_cfg, self, rng))
+    base = self.quantized(init_lib.initial_params(init_cfg, self, rng))
     return TrainState(step=saved["step"], params=optimizer.merge(saved["params"], base),
                       opt_state=saved["opt_state"])

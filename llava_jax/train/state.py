@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import common
 from llava_jax import model as model_lib
 from llava_jax import sharding
 from llava_jax.train import optimizer
@@ -38,15 +37,6 @@ class TrainState:
     return cls(step=d["step"], params=d["params"], opt_state=d["opt_state"])
 
 
-def init_inputs(model_cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
-  """Smallest inputs that touch every parameter: one image's worth of image tokens."""
-  num_tokens = common.num_image_tokens(model_cfg)
-  size = model_cfg.vision.image_size
-  input_ids = jnp.full((1, num_tokens), model_cfg.image_token_id, jnp.int32)
-  pixels = jnp.zeros((1, 1, size, size, 3), jnp.float32)
-  return input_ids, pixels
-
-
 class StateFactory:
   """Knows the model and optimizer; makes abstract, random, loaded and fresh train states."""
 
@@ -56,10 +46,8 @@ class StateFactory:
     self.trainable = tuple(trainable)
     boxed = jax.eval_shape(self._boxed_state, jax.random.key(0))
     optimizer.check_trainable(nn.unbox(boxed.params), self.trainable)
-    self.shardings: TrainState = sharding.logical_shardings(boxed, mesh)
-    self.abstract: TrainState = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.unbox(boxed), self.shardings)
+    self.abstract: TrainState = sharding.abstract(boxed, mesh)
+    self.shardings: TrainState = jax.tree.map(lambda x: x.sharding, self.abstract)
 
   def num_params(self) -> int:
     return sum(x.size for x in jax.tree.leaves(self.abstract.params))
@@ -69,7 +57,7 @@ class StateFactory:
     return sum(x.size for x in jax.tree.leaves(trainable))
 
   def _boxed_params(self, rng):
-    return self.model.init(rng, *init_inputs(self.model_cfg))["params"]
+    return model_lib.init_params(self.model, rng)
 
   def _state_from_params(self, params) -> TrainState:
     trainable, _ = optimizer.split_trainable(params, self.trainable)

@@ -8,7 +8,7 @@ from llava_jax.data.demo import build
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_string("out", "data/demo", "Output directory.")
   flags.DEFINE_integer("seed", 0, "RNG seed; 0 reproduces the shipped files.")
@@ -22,5 +22,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)
