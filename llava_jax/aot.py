@@ -134,12 +134,16 @@ def memory_summary(compiled, tpu_slice: Slice) -> dict:
 
 
 def _compile(jitted, *args, **static):
-  """(compiled, seconds of lowering + compiling, seconds of lowering alone)."""
-  start = time.perf_counter()
+  """(compiled, {wall seconds of lowering + compiling, of lowering alone, CPU seconds of both}).
+
+  The CPU seconds (all threads) hardly depend on how loaded a shared host is; wall time does."""
+  start, cpu_start = time.perf_counter(), time.process_time()
   lowered = jitted.lower(*args, **static)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return compiled, time.perf_counter() - start, lowered_at - start
+  return compiled, dict(compile_time_s=time.perf_counter() - start,
+                        lower_time_s=lowered_at - start,
+                        compile_cpu_s=time.process_time() - cpu_start)
 
 
 def _cost(compiled) -> dict:
@@ -181,7 +185,7 @@ def compile_train(config, tpu_slice: Slice, devices, *, unroll: bool = True) -> 
   batch = {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype, sharding=batch_sharding)
            for k, v in host.items()}
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(setup.mesh))
-  compiled, seconds, lower_seconds = _compile(setup.jitted, setup.factory.abstract, batch, rng)
+  compiled, times = _compile(setup.jitted, setup.factory.abstract, batch, rng)
   parts = setup.parts
   step_flops = flops_lib.train_step_flops(
       config.model, batch_size=b, seq_len=t, images_per_row=config.data.max_images,
@@ -190,7 +194,7 @@ def compile_train(config, tpu_slice: Slice, devices, *, unroll: bool = True) -> 
   state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
                     for x in jax.tree.leaves(setup.factory.abstract))
   result = dict(target="train", unrolled=unroll, trained=[p for p, on in parts.items() if on],
-                compile_time_s=seconds, lower_time_s=lower_seconds, model_flops_per_step=step_flops,
+                **times, model_flops_per_step=step_flops,
                 state_bytes_total=state_bytes, memory=memory_summary(compiled, tpu_slice),
                 **hlo_summary(compiled.as_text()))
   cost = _cost(compiled)
@@ -231,20 +235,20 @@ def compile_generate(config, tpu_slice: Slice, devices, *, batch: int, prompt_le
                                               sharding=sharding.replicated(mesh))
   sample_kw = jax.tree.map(on_rows, sampling.stack_params([sampling.SamplingParams()] * batch))
   lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
-  prefill, prefill_s, _ = _compile(gen._start, params, on_rows(ids), on_rows(pixels), lengths,  # pylint: disable=protected-access
+  prefill, prefill_times = _compile(gen._start, params, on_rows(ids), on_rows(pixels), lengths,  # pylint: disable=protected-access
                                 lengths, sample_kw, max_new=new_tokens)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        jax.eval_shape(functools.partial(gen._start, max_new=new_tokens),  # pylint: disable=protected-access
                                       params, ids, pixels, lengths, lengths, sample_kw),
                        prefill.output_shardings)
-  decode, decode_s, _ = _compile(gen._continue, params, state, replicated(jnp.int32(0)),  # pylint: disable=protected-access
+  decode, decode_times = _compile(gen._continue, params, state, replicated(jnp.int32(0)),  # pylint: disable=protected-access
                               on_rows(jax.ShapeDtypeStruct((batch,), jnp.bool_)), sample_kw)
-  def summary(compiled, seconds):
-    return dict(compile_time_s=seconds, memory=memory_summary(compiled, tpu_slice),
+  def summary(compiled, times):
+    return dict(**times, memory=memory_summary(compiled, tpu_slice),
                 xla_cost_model_estimate=_cost(compiled), **hlo_summary(compiled.as_text()))
   # The decode while-loop's body is counted once by the cost model: one token's step.
   return dict(target="generate", gen_batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
-              prefill=summary(prefill, prefill_s), decode=summary(decode, decode_s))
+              prefill=summary(prefill, prefill_times), decode=summary(decode, decode_times))
 
 
 def run(config, accelerator_type: str, *, target: str = "train", unroll: bool = True,
@@ -342,8 +346,14 @@ def _estimate_at_depth(group: list[dict], full: int) -> dict | None:
                      for r in by_layers], full)
   flops = _affine([(r["llm_layers"], r["model_flops_per_step"]) for r in by_layers], full)
   a, b = by_layers[0]["llm_layers"], by_layers[1]["llm_layers"]
-  return dict(step_seconds=seconds, mfu=flops / seconds * inv_peak,
-              source=f"unrolled L={a},{b}, linear in L")
+  estimate = dict(step_seconds=seconds, mfu=flops / seconds * inv_peak,
+                  source=f"unrolled L={a},{b}, linear in L")
+  if len(by_layers) > 2:  # the line's error at a third compiled count
+    predicted = _affine([(r["llm_layers"], r["xla_cost_model_estimate"]["step_seconds"])
+                         for r in by_layers], last["llm_layers"])
+    estimate["source"] += (f"; at L={last['llm_layers']} it predicts "
+                           f"{100 * (predicted / est['step_seconds'] - 1):+.1f}%")
+  return estimate
 
 
 def recipe_rows(results: list[dict]) -> list[dict]:
@@ -361,8 +371,8 @@ def recipe_rows(results: list[dict]) -> list[dict]:
     rows.append(dict(
         first, llm_layers=full, memory=_memory_at_depth(group, full),
         xla_cost_model_estimate=_estimate_at_depth(group, full),
-        compiles=sorted(((r["llm_layers"], r.get("unrolled", True), r["compile_time_s"])
-                         for r in group), key=lambda c: (c[0], c[1]))))
+        compiles=sorted(((r["llm_layers"], r.get("unrolled", True), r["compile_time_s"],
+                          r.get("compile_cpu_s")) for r in group), key=lambda c: c[:2])))
   return rows
 
 
@@ -375,7 +385,8 @@ def format_table(results: list[dict]) -> str:
   """Markdown rows: preset, stage, slice, settings, per-chip HBM, fits, XLA cost-model MFU (not
   for splash rows: the cost model does not cost Mosaic kernels), compile times, sources."""
   header = ("preset", "stage", "slice", "attn", "batch x T (accum)", "args GiB", "temps GiB",
-            "total / HBM GiB", "fits", "memory from", "est. MFU", "compiles (L, s)")
+            "total / HBM GiB", "fits", "memory from", "est. MFU",
+            "compiles: L, wall s (CPU s)")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in recipe_rows(results):
     m, est = r["memory"], r["xla_cost_model_estimate"]
@@ -385,8 +396,9 @@ def format_table(results: list[dict]) -> str:
       mfu = "n/c (splash not costed)"
     else:
       mfu = f"{100 * est['mfu']:.1f}% ({est['source']})"
-    compiles = ", ".join(f"{layers}{'u' if unrolled else 's'} {seconds:.0f}"
-                         for layers, unrolled, seconds in r["compiles"])
+    compiles = ", ".join(f"{layers}{'u' if unrolled else 's'} {wall:.0f}"
+                         + (f" ({cpu:.0f} CPU)" if cpu else "")
+                         for layers, unrolled, wall, cpu in r["compiles"])
     lines.append("| " + " | ".join([
         r["preset"], _stage(r), r["topology"], r["attention"],
         f"{r['batch_size']} x {r['seq_len']} ({r['grad_accum_steps']})",
@@ -412,7 +424,8 @@ def format_result(r: dict) -> str:
         f"{'fits' if m['fits'] else 'DOES NOT FIT'}",
         f"{label}collectives {p['collectives'] or 'none'}",
         f"{label}Mosaic kernels {p['mosaic_kernels']} {p['mosaic_kernel_names']}",
-        f"{label}compile   {p['compile_time_s']:.1f} s"]
+        f"{label}compile   {p['compile_time_s']:.1f} s wall"
+        + (f", {p['compile_cpu_s']:.0f} s CPU" if "compile_cpu_s" in p else "")]
     if "step_seconds" in cost:
       lines.append(f"{label}XLA cost-model estimate: step {cost['step_seconds'] * 1e3:.1f} ms, "
                    f"MFU {100 * cost['mfu']:.1f}%")

@@ -85,6 +85,7 @@ class TableTest(absltest.TestCase):
     self.assertAlmostEqual(row["memory"]["total_bytes"], 33.0 * 2**30)   # from L=1,2 only
     self.assertEqual(row["memory"]["check"]["layers"], 4)
     self.assertIn("at L=4 it predicts -9.1%", row["memory"]["source"])   # 5.0 vs 5.5
+    self.assertIn("at L=4 it predicts +0.0%", row["xla_cost_model_estimate"]["source"])
 
   def test_scanned_full_depth_memory_wins_and_splash_has_no_mfu(self):
     rows = [self.result(1, 2.0, 0.5, attention="splash"),
