@@ -300,12 +300,18 @@ def _affine(points: list[tuple[int, float]], layers: int) -> float:
 def _memory_at_depth(group: list[dict], full: int) -> dict:
   """Per-chip memory at full depth: a full-depth compile (the scanned one first) if there is one,
   else the line through the two smallest layer counts, checked against a third if compiled."""
+  by_layers = sorted({r["llm_layers"]: r for r in group}.values(), key=lambda r: r["llm_layers"])
   at_full = [r for r in group if r["llm_layers"] == full]
   if at_full:
     r = min(at_full, key=lambda r: r.get("unrolled", True))
-    return dict(r["memory"], source=f"compiled at L={full} "
-                + ("(unrolled)" if r.get("unrolled", True) else "(scanned, as trained)"))
-  by_layers = sorted({r["llm_layers"]: r for r in group}.values(), key=lambda r: r["llm_layers"])
+    memory = dict(r["memory"], source=f"compiled at L={full} "
+                  + ("(unrolled)" if r.get("unrolled", True) else "(scanned, as trained)"))
+    cut = [c for c in by_layers if c["llm_layers"] != full]
+    if len(cut) >= 2:  # the line through two cut depths, checked at full depth
+      predicted = _affine([(c["llm_layers"], c["memory"]["total_bytes"]) for c in cut], full)
+      memory["source"] += (f"; the L={cut[0]['llm_layers']},{cut[1]['llm_layers']} line "
+                           f"predicts {100 * (predicted / r['memory']['total_bytes'] - 1):+.1f}%")
+    return memory
   if len(by_layers) < 2:
     r = by_layers[0]
     return dict(r["memory"], source=f"compiled at L={r['llm_layers']} only (not scaled)")

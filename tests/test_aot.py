@@ -94,6 +94,7 @@ class TableTest(absltest.TestCase):
     (row,) = aot.recipe_rows(rows)
     self.assertAlmostEqual(row["memory"]["total_bytes"], 30.0 * 2**30)
     self.assertIn("scanned", row["memory"]["source"])
+    self.assertIn("the L=1,2 line predicts +10.0%", row["memory"]["source"])   # 33 vs 30 GiB
     table = aot.format_table(rows)
     self.assertIn("| p | 2 | v5p-8 | splash |", table)
     self.assertIn("n/c (splash not costed)", table)
