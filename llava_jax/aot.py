@@ -390,11 +390,12 @@ def _stage(r: dict) -> str:
 def format_table(results: list[dict]) -> str:
   """Markdown rows: preset, stage, slice, settings, per-chip HBM, fits, XLA cost-model MFU (not
   for splash rows: the cost model does not cost Mosaic kernels), compile times, sources."""
-  header = ("preset", "stage", "slice", "attn", "batch x T (accum)", "args GiB", "temps GiB",
+  header = ("preset", "stage", "slice", "attn", "mesh d,f,t", "batch x T (accum)", "args GiB", "temps GiB",
             "total / HBM GiB", "fits", "memory from", "est. MFU",
             "compiles: L, wall s (CPU s)")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for r in recipe_rows(results):
+  order = lambda r: (r["preset"], _stage(r), r["topology"], r["attention"], r["grad_accum_steps"])
+  for r in sorted(recipe_rows(results), key=order):
     m, est = r["memory"], r["xla_cost_model_estimate"]
     if est is None:
       mfu = "-"
@@ -407,6 +408,7 @@ def format_table(results: list[dict]) -> str:
                          for layers, unrolled, wall, cpu in r["compiles"])
     lines.append("| " + " | ".join([
         r["preset"], _stage(r), r["topology"], r["attention"],
+        ",".join(str(r["mesh"].get(k, "?")) for k in ("data", "fsdp", "tensor")),
         f"{r['batch_size']} x {r['seq_len']} ({r['grad_accum_steps']})",
         f"{m['argument_bytes'] / 2**30:.2f}", f"{m['temp_bytes'] / 2**30:.2f}",
         f"{m['total_bytes'] / 2**30:.1f} / {m['capacity_bytes'] / 2**30:.0f}",

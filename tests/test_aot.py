@@ -65,7 +65,8 @@ class TableTest(absltest.TestCase):
     estimate = dict(step_seconds=seconds, mfu=flops / seconds / (4 * 459e12)) if unrolled else {}
     return dict(target="train", trained=["projector", "llm"], unrolled=unrolled, preset="p",
                 topology="v5p-8", attention=attention, remat="full", batch_size=8, seq_len=2048,
-                grad_accum_steps=1, loss_chunk_len=0, mu_dtype="float32", mesh={},
+                grad_accum_steps=1, loss_chunk_len=0, mu_dtype="float32",
+                mesh=dict(data=1, fsdp=-1, tensor=1),
                 llm_layers=layers, full_layers=32, model_flops_per_step=flops, memory=memory,
                 xla_cost_model_estimate=estimate, compile_time_s=10.0 * layers)
 
@@ -96,7 +97,7 @@ class TableTest(absltest.TestCase):
     self.assertIn("scanned", row["memory"]["source"])
     self.assertIn("the L=1,2 line predicts +10.0%", row["memory"]["source"])   # 33 vs 30 GiB
     table = aot.format_table(rows)
-    self.assertIn("| p | 2 | v5p-8 | splash |", table)
+    self.assertIn("| p | 2 | v5p-8 | splash | 1,-1,1 |", table)
     self.assertIn("n/c (splash not costed)", table)
     self.assertIn("| 30.0 / 95 | yes |", table)
 
