@@ -12,7 +12,9 @@ v5litepod-N and v6e-N (N chips). `--target=train` compiles the loop's own jitted
 
 Prints and writes JSON (`--out`): per-chip HBM (arguments, temporaries, total) against the chip's
 capacity; the collectives in the HLO by kind; the Mosaic kernels (`tpu_custom_call`); compile
-time; and XLA's cost-model time with the MFU it implies. The decoder's layers are compiled
+time (wall and CPU); and XLA's cost-model time with the MFU it implies. `--nounroll` compiles the
+scanned step TPU training runs (its real memory at full depth, in a compile whose cost hardly
+grows with depth; no time estimate). By default the decoder's layers are compiled
 unrolled (`scan_unroll = layers`) so no loop body is counted once; the micro-batch loop of
 `grad_accum_steps` still is, so the estimate is scaled by it. All time/MFU figures are an
 "XLA cost-model estimate" on the named topology, never a measurement.
