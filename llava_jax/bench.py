@@ -323,13 +323,26 @@ def format_result(r: dict) -> str:
   return "\n".join(lines)
 
 
+def read_results(paths: list[str]) -> list[dict]:
+  """The JSON results (of this benchmark or of `llava_jax.aot`) in `paths`, for `--table`."""
+  if not paths:
+    raise app.UsageError("--table: name the JSON result files to tabulate")
+  results = []
+  for path in paths:
+    try:
+      with open(path) as f:
+        result = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise app.UsageError(f"--table: cannot read result {path}: {e}") from e
+    if not isinstance(result, dict):
+      raise app.UsageError(f"--table: {path} holds a {type(result).__name__}, not a result object")
+    results.append(result)
+  return results
+
+
 def main(argv):
   if FLAGS.table:
-    results = []
-    for path in argv[1:]:
-      with open(path) as f:
-        results.append(json.load(f))
-    print(format_table(results))
+    print(format_table(read_results(argv[1:])))
     return
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")

@@ -57,23 +57,53 @@ class SliceNamesTest(absltest.TestCase):
 
 class TableTest(absltest.TestCase):
 
+  @staticmethod
+  def result(layers, total_gib, seconds, *, attention="xla", unrolled=True):
+    flops = 1e15 * layers
+    memory = dict(argument_bytes=total_gib / 4 * 2**30, temp_bytes=total_gib * 3 / 4 * 2**30,
+                  total_bytes=total_gib * 2**30, capacity_bytes=95 * 2**30, fits=True)
+    estimate = dict(step_seconds=seconds, mfu=flops / seconds / (4 * 459e12)) if unrolled else {}
+    return dict(target="train", trained=["projector", "llm"], unrolled=unrolled, preset="p",
+                topology="v5p-8", attention=attention, remat="full", batch_size=8, seq_len=2048,
+                grad_accum_steps=1, loss_chunk_len=0, mu_dtype="float32",
+                mesh=dict(data=1, fsdp=-1, tensor=1),
+                llm_layers=layers, full_layers=32, model_flops_per_step=flops, memory=memory,
+                xla_cost_model_estimate=estimate, compile_time_s=10.0 * layers)
+
   def test_two_layer_counts_extrapolate_to_full_depth(self):
-    def result(layers, total_gib, seconds):
-      flops = 1e15 * layers
-      return dict(target="train", preset="p", topology="v5p-8", attention="splash",
-                  remat="full", batch_size=8, seq_len=2048, grad_accum_steps=1,
-                  loss_chunk_len=0, mu_dtype="float32", mesh={}, llm_layers=layers,
-                  full_layers=32, model_flops_per_step=flops,
-                  memory=dict(total_bytes=total_gib * 2**30, capacity_bytes=95 * 2**30,
-                              fits=True),
-                  xla_cost_model_estimate=dict(step_seconds=seconds,
-                                               mfu=flops / seconds / (4 * 459e12)))
-    (row,) = aot.scaled_to_full_depth([result(2, 3.0, 1.0), result(4, 5.0, 1.5)])
-    self.assertEqual((row["llm_layers"], row["scaled_from"]), (32, [2, 4]))
-    self.assertAlmostEqual(row["memory"]["total_bytes"], 33.0 * 2**30)   # 3 + 30 x 1 GiB
-    self.assertAlmostEqual(row["xla_cost_model_estimate"]["step_seconds"], 8.5)
-    self.assertAlmostEqual(row["xla_cost_model_estimate"]["mfu"], 32e15 / 8.5 / (4 * 459e12))
-    self.assertIn("| p | v5p-8 | splash |", aot.format_table([result(2, 3.0, 1.0)]))
+    (row,) = aot.recipe_rows([self.result(1, 2.0, 0.5), self.result(2, 3.0, 1.0)])
+    self.assertEqual(row["llm_layers"], 32)
+    self.assertAlmostEqual(row["memory"]["total_bytes"], 33.0 * 2**30)   # 2 + 31 x 1 GiB
+    self.assertAlmostEqual(row["memory"]["argument_bytes"], 33.0 / 4 * 2**30)
+    self.assertIn("L=1,2", row["memory"]["source"])
+    self.assertAlmostEqual(row["xla_cost_model_estimate"]["step_seconds"], 16.0)
+    self.assertAlmostEqual(row["xla_cost_model_estimate"]["mfu"], 32e15 / 16.0 / (4 * 459e12))
+    self.assertEqual([c[0] for c in row["compiles"]], [1, 2])
+
+  def test_a_third_layer_count_checks_the_line(self):
+    (row,) = aot.recipe_rows([self.result(1, 2.0, 0.5), self.result(2, 3.0, 1.0),
+                              self.result(4, 5.5, 2.0)])
+    self.assertAlmostEqual(row["memory"]["total_bytes"], 33.0 * 2**30)   # from L=1,2 only
+    self.assertEqual(row["memory"]["check"]["layers"], 4)
+    self.assertIn("at L=4 it predicts -9.1%", row["memory"]["source"])   # 5.0 vs 5.5
+    self.assertIn("at L=4 it predicts +0.0%", row["xla_cost_model_estimate"]["source"])
+
+  def test_scanned_full_depth_memory_wins_and_splash_has_no_mfu(self):
+    rows = [self.result(1, 2.0, 0.5, attention="splash"),
+            self.result(2, 3.0, 1.0, attention="splash"),
+            self.result(32, 30.0, 0.0, attention="splash", unrolled=False)]
+    (row,) = aot.recipe_rows(rows)
+    self.assertAlmostEqual(row["memory"]["total_bytes"], 30.0 * 2**30)
+    self.assertIn("scanned", row["memory"]["source"])
+    self.assertIn("the L=1,2 line predicts +10.0%", row["memory"]["source"])   # 33 vs 30 GiB
+    table = aot.format_table(rows)
+    self.assertIn("| p | 2 | v5p-8 | splash | 1,-1,1 |", table)
+    self.assertIn("n/c (splash not costed)", table)
+    self.assertIn("| 30.0 / 95 | yes |", table)
+
+  def test_stages_are_separate_rows(self):
+    stage1 = dict(self.result(2, 3.0, 1.0), trained=["projector"])
+    self.assertEqual(len(aot.recipe_rows([self.result(2, 3.0, 1.0), stage1])), 2)
 
 
 class TpuCompileTest(absltest.TestCase):

@@ -174,5 +174,27 @@ class GpuScriptTest(absltest.TestCase):
                      * flops.decoder_flops_per_token(common.model_config("tiny").llm))
 
 
+class ReadResultsTest(absltest.TestCase):
+  """The one `--table` reader (bench and aot): results in order; a bad file is named."""
+
+  def test_reads_results_and_names_a_bad_file(self):
+    from absl import app  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as tmp:
+      good, broken, listed = (os.path.join(tmp, n) for n in ("a.json", "b.json", "c.json"))
+      with open(good, "w") as f:
+        json.dump({"name": "a"}, f)
+      with open(broken, "w") as f:
+        f.write('{"name": ')
+      with open(listed, "w") as f:
+        json.dump([1], f)
+      self.assertEqual(bench.read_results([good, good]), [{"name": "a"}] * 2)
+      with self.assertRaisesRegex(app.UsageError, "b.json"):
+        bench.read_results([good, broken])
+      with self.assertRaisesRegex(app.UsageError, "c.json holds a list"):
+        bench.read_results([listed])
+      with self.assertRaisesRegex(app.UsageError, "name the JSON"):
+        bench.read_results([])
+
+
 if __name__ == "__main__":
   absltest.main()
