@@ -131,7 +131,8 @@ class GpuScriptTest(absltest.TestCase):
 
   def test_dry_run_benchmarks_the_7b_shapes(self):
     out = subprocess.run(["bash", _SCRIPT, "--dry-run", "--layers=6"], capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True,
+                         env=dict(os.environ, PYTHON=sys.executable)).stdout
     decoder, stage1 = [shlex.split(l[2:]) for l in out.splitlines() if l.startswith("+ ")]
     for flag in ("--config=configs/finetune.py:llava15_7b", "--config.model.llm.layers=6",
                  "--config.model.llm.vocab_size=32000", "--config.data.max_len=2048",
