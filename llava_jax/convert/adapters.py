@@ -27,6 +27,7 @@ class Adapter:
   projector: dict | None       # a trained projector that replaces the base's, if any
   base: str | None             # the base this adapter was trained on ('' = random init), if known
   train_config: ml_collections.ConfigDict | None = None
+  dropout: float = 0.0         # the adapter input's dropout in training (PEFT's lora_dropout)
 
 
 def is_lora_config(config: ml_collections.ConfigDict) -> bool:
@@ -53,7 +54,7 @@ def read_adapter(path, model_cfg: ml_collections.ConfigDict) -> Adapter:
   path = pathlib.Path(path)
   if peft.is_adapter_dir(path):
     adapters, projector = peft.read_adapter_dir(path, model_cfg)
-    return Adapter(adapters, projector, base=None)
+    return Adapter(adapters, projector, base=None, dropout=peft.read_dropout(path))
   if not is_lora_workdir(path):
     raise FileNotFoundError(f"{path}: not an adapter (a PEFT/LLaVA LoRA directory with "
                             f"{peft.CONFIG}, or a LoRA training workdir)")
@@ -61,7 +62,7 @@ def read_adapter(path, model_cfg: ml_collections.ConfigDict) -> Adapter:
   config = checkpoint.read_config(path)
   saved = checkpoint.restore_params(path)
   return Adapter(saved[lora_lib.LORA], saved.get("projector"), base=config.init.params_from,
-                 train_config=config)
+                 train_config=config, dropout=config.lora.dropout)
 
 
 def random_base(config: ml_collections.ConfigDict) -> dict:

@@ -26,15 +26,19 @@ LORA = lora_lib.LORA
 
 
 class LoraModel:
-  """`model` whose `apply` takes the adapters at params['lora'] (moved to their collection)."""
+  """`model` whose `apply` takes the adapters at params['lora'] (moved to their collection),
+  with `dropout` on the adapters' inputs when the apply is given a `dropout` rng (training)."""
 
-  def __init__(self, model: nn.Module):
+  def __init__(self, model: nn.Module, dropout: float = 0.0):
     self.base = model
+    self.dropout = dropout
+    lora_lib.adapter_dropout(dropout)   # checks the rate now, not at the first step
 
   def apply(self, variables, *args, **kwargs):
     params = dict(variables["params"])
     adapters = params.pop(LORA)
-    return self.base.apply({"params": params, LORA: adapters}, *args, **kwargs)
+    with lora_lib.adapter_dropout(self.dropout):
+      return self.base.apply({"params": params, LORA: adapters}, *args, **kwargs)
 
   def __getattr__(self, name):
     return getattr(self.base, name)
@@ -64,7 +68,7 @@ class LoraStateFactory(StateFactory):
     if not any(p.startswith(LORA) for p in config.optim.trainable):
       raise ValueError(f"config.optim.trainable={tuple(config.optim.trainable)} selects no "
                        "adapter (lora/...): with config.lora.rank > 0 the adapters must train")
-    super().__init__(LoraModel(model), config.model, tx, config.optim.trainable, mesh)
+    super().__init__(LoraModel(model, config.lora.dropout), config.model, tx, config.optim.trainable, mesh)
     # What init.params_from / random init provide: the float base (quantized after loading).
     boxed = jax.eval_shape(lambda r: self._boxed_base(r, quantized=False), jax.random.key(0))
     self.float_base_shardings = sharding.logical_shardings(boxed, mesh)
