@@ -19,12 +19,17 @@ from llava_jax.convert import exporter
 from llava_jax.convert import peft as peft_lib
 from llava_jax.model import lora as lora_lib
 from llava_jax.train import loop
+from llava_jax.train import loss as loss_lib
 from llava_jax.train import lora_state
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import optimizer
+from llava_jax.train import state as state_lib
 from llava_jax.train.state import init_inputs
 from tests import train_fixtures
 import tiny
+
+
+VISION_TARGETS = r"vision/layers/(attn/(q|k|v|o)|mlp/(fc1|fc2))"
 
 
 def _flat_names(tree) -> set[str]:
@@ -100,7 +105,7 @@ class AdapterMathTest(absltest.TestCase):
 
   def test_vision_tower_adapters_apply_and_merge(self):
     layers = lora_lib.select(lora_lib.dense_layers(self.model, *self.inputs),
-                             (r"vision/layers/(attn/(q|k|v|o)|mlp/(fc1|fc2))",), 4)
+                             (VISION_TARGETS,), 4)
     self.assertEqual(len(layers), 6)
     adapters = model_lib.unbox(lora_lib.init_adapters(jax.random.key(1), layers, 4, 8.0))
     flat = traverse_util.flatten_dict(adapters)
@@ -150,6 +155,9 @@ class LoraTrainingTest(absltest.TestCase):
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
     cls.config = _tiny_lora_config(steps=4)
     cls.config.checkpoint.every_steps = 2
+    # Dropout on, and adapters on the vision tower too: resume, merge and export cover both.
+    cls.config.lora.dropout = 0.1
+    cls.config.lora.targets = cls.config.lora.targets + (VISION_TARGETS,)
     cls.workdir = cls.tmp / "run"
     cls.state = loop.run(cls.config, cls.workdir, train_fixtures.synthetic_data(cls.config))
     cls.final_params = jax.device_get(cls.state.params)
@@ -167,6 +175,7 @@ class LoraTrainingTest(absltest.TestCase):
     saved = checkpoint.restore_params(self.workdir)
     names = _flat_names(saved)
     self.assertIn("lora/llm/layers/attn/q/a", names)
+    self.assertIn("lora/vision/layers/mlp/fc1/b", names)
     self.assertIn("projector/linear_0/kernel", names)
     self.assertFalse([n for n in names if n.startswith(("llm/", "vision/"))])
     self.assertEqual(checkpoint.read_config(self.workdir).init.params_from, "")
@@ -185,6 +194,19 @@ class LoraTrainingTest(absltest.TestCase):
                  frozen, fresh_frozen)
     b = self.final_params["lora"]["llm"]["layers"]["mlp"]["down"]["b"]
     self.assertGreater(float(np.abs(b).max()), 0.0)
+    # The vision tower's first layer (it runs up to the feature layer) trains its adapters.
+    b = self.final_params["lora"]["vision"]["layers"]["attn"]["q"]["b"]
+    self.assertGreater(float(np.abs(b[0]).max()), 0.0)
+
+  def test_dropout_rng_reaches_the_train_loss(self):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                             ("data", "fsdp", "tensor"))
+    factory, _ = state_lib.make_factory(self.config, mesh, 4)
+    batch = train_fixtures.batch_of(self.config)
+    loss = lambda rng: float(loss_lib.model_loss(factory.model, self.final_params, batch,
+                                                 rng)[0])
+    self.assertNotEqual(loss(jax.random.key(1)), loss(jax.random.key(2)))
+    self.assertEqual(loss(jax.random.key(1)), loss(jax.random.key(1)))
 
   def test_resume_is_exact(self):
     workdir = self.tmp / "resumed"
