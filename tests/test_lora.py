@@ -14,6 +14,7 @@ import numpy as np
 
 import llava_jax
 from llava_jax import checkpoint
+from llava_jax import generate as generate_lib
 from llava_jax import model as model_lib
 from llava_jax.convert import exporter
 from llava_jax.convert import peft as peft_lib
@@ -231,6 +232,28 @@ class LoraTrainingTest(absltest.TestCase):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), read, adapters)
     jax.tree.map(np.testing.assert_array_equal, projector, base["projector"])
 
+  def test_adapters_on_the_fly_equal_merged(self):
+    merged = llava_jax.load(self.workdir)
+    on_the_fly = llava_jax.load(self.workdir, merge=False)
+    self.assertIn(lora_lib.LORA, on_the_fly.params)
+    self.assertNotIn(lora_lib.LORA, merged.params)
+    batch = train_fixtures.batch_of(self.config)
+    ids, pixels = batch["input_ids"][:2], batch["pixels"][:2]
+    forward = lambda m: m.module.apply({"params": m.params}, ids, pixels)
+    np.testing.assert_allclose(forward(on_the_fly), forward(merged), atol=1e-5, rtol=0)
+    # Prefill and one decode step against the KV cache (the per-layer loop) agree too.
+    lengths = jnp.full((2,), ids.shape[1], jnp.int32)
+    outs = []
+    for m in (merged, on_the_fly):
+      gen = generate_lib.Generator(m.module, m.params, eos_ids=[2], pad_id=0,
+                                   max_len=self.config.model.llm.max_len)
+      logits, cache = gen.prefill(m.params, ids, pixels, lengths, ids.shape[1] + 2)
+      step, _ = gen.decode_step(m.params, jnp.argmax(logits, -1).astype(jnp.int32), lengths,
+                                cache)
+      outs.append((logits, step))
+    for want, got in zip(*outs):
+      np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
   def test_merge_lora_flag_is_checked(self):
     def convert(*args):
       return subprocess.run([sys.executable, "-m", "llava_jax.convert", "to-hf", *args],
@@ -307,6 +330,13 @@ class QloraTest(absltest.TestCase):
     model = llava_jax.load(workdir)
     np.testing.assert_allclose(model.module.apply({"params": model.params}, ids, pixels),
                                on_the_fly, atol=1e-4, rtol=0)
+    # Applied on the fly, the base stays quantized (NF4 codes) and computes the same logits.
+    unmerged = llava_jax.load(workdir, merge=False)
+    q = unmerged.params["llm"]["layers"][0]["attn"]["q"]
+    self.assertEqual(q["kernel_qvalue"].dtype, jnp.uint4)
+    self.assertNotIn("kernel", q)
+    np.testing.assert_allclose(unmerged.module.apply({"params": unmerged.params}, ids, pixels),
+                               on_the_fly, atol=1e-5, rtol=0)
 
   def test_unknown_quant_is_named(self):
     with self.assertRaisesRegex(ValueError, "config.lora.quant: unknown 'fp3'"):

@@ -180,3 +180,23 @@ def adapter_dropout(rate: float):
     return next_fun(*args, **kwargs)
 
   return nn.intercept_methods(drop_adapter_input)
+
+
+class LoraModel:
+  """`model` whose `apply` takes the adapters at params['lora'] (moved to their collection),
+  with `dropout` on the adapters' inputs when the apply is given a `dropout` rng (training).
+  Inference with adapters applied on the fly (`llava_jax.load(..., merge=False)`) uses it too."""
+
+  def __init__(self, model: nn.Module, dropout: float = 0.0):
+    self.base = model
+    self.dropout = dropout
+    adapter_dropout(dropout)   # checks the rate now, not at the first step
+
+  def apply(self, variables, *args, **kwargs):
+    params = dict(variables["params"])
+    adapters = params.pop(LORA)
+    with adapter_dropout(self.dropout):
+      return self.base.apply({"params": params, LORA: adapters}, *args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self.base, name)

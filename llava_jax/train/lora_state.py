@@ -23,25 +23,7 @@ from llava_jax.train.state import TrainState
 from llava_jax.train.state import init_inputs
 
 LORA = lora_lib.LORA
-
-
-class LoraModel:
-  """`model` whose `apply` takes the adapters at params['lora'] (moved to their collection),
-  with `dropout` on the adapters' inputs when the apply is given a `dropout` rng (training)."""
-
-  def __init__(self, model: nn.Module, dropout: float = 0.0):
-    self.base = model
-    self.dropout = dropout
-    lora_lib.adapter_dropout(dropout)   # checks the rate now, not at the first step
-
-  def apply(self, variables, *args, **kwargs):
-    params = dict(variables["params"])
-    adapters = params.pop(LORA)
-    with lora_lib.adapter_dropout(self.dropout):
-      return self.base.apply({"params": params, LORA: adapters}, *args, **kwargs)
-
-  def __getattr__(self, name):
-    return getattr(self.base, name)
+LoraModel = lora_lib.LoraModel
 
 
 def split_adapters(params: dict) -> tuple[dict, dict]:
