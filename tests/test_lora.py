@@ -20,15 +20,14 @@ from llava_jax.convert import exporter
 from llava_jax.convert import peft as peft_lib
 from llava_jax.model import lora as lora_lib
 from llava_jax.train import loop
-from llava_jax.train import loss as loss_lib
 from llava_jax.train import lora_state
+from llava_jax.train import loss as loss_lib
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import optimizer
 from llava_jax.train import state as state_lib
 from llava_jax.train.state import init_inputs
 from tests import train_fixtures
 import tiny
-
 
 VISION_TARGETS = r"vision/layers/(attn/(q|k|v|o)|mlp/(fc1|fc2))"
 
