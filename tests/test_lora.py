@@ -271,6 +271,14 @@ class LoraTrainingTest(absltest.TestCase):
     self.assertEqual(labels["projector"]["linear_0"]["kernel"], "0")
     self.assertEqual(labels["lora"]["llm"]["layers"]["attn"]["q"]["a"], "default")
 
+  def test_lm_head_adapter_with_chunked_loss_is_refused(self):
+    config = _tiny_lora_config()   # the demo recipe adapts the LM head
+    config.train.loss_chunk_len = 64
+    with self.assertRaisesRegex(ValueError, "adapts llm/lm_head, but config.train.loss_chunk_len"):
+      lora_state.LoraStateFactory(model_lib.build(config.model), config,
+                                  optimizer.make_optimizer(config.optim, 4)[0],
+                                  jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
+
   def test_trainable_without_adapters_is_refused(self):
     config = _tiny_lora_config()
     config.optim.trainable = ("projector/.*",)

@@ -47,6 +47,10 @@ class LoraStateFactory(StateFactory):
     self.lora_cfg = config.lora
     all_layers = lora_lib.dense_layers(model, *init_inputs(config.model))
     self.targets = lora_lib.select(all_layers, config.lora.targets, config.lora.rank)
+    if config.train.loss_chunk_len > 0 and any(l.name == "llm/lm_head" for l in self.targets):
+      raise ValueError("config.lora.targets adapts llm/lm_head, but config.train.loss_chunk_len "
+                       f"= {config.train.loss_chunk_len} computes the loss from the head's kernel "
+                       "alone; set loss_chunk_len=0 or leave the head out of the targets")
     if not any(p.startswith(LORA) for p in config.optim.trainable):
       raise ValueError(f"config.optim.trainable={tuple(config.optim.trainable)} selects no "
                        "adapter (lora/...): with config.lora.rank > 0 the adapters must train")
