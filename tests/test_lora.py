@@ -227,6 +227,7 @@ class LoraTrainingTest(absltest.TestCase):
     np.testing.assert_allclose(merged, on_the_fly, atol=1e-4, rtol=0)
     out = self.tmp / "peft"
     exporter.export_peft(self.workdir, out)
+    self.assertEqual(peft_lib.read_dropout(out), 0.1)   # the run's lora.dropout
     read, projector = peft_lib.read_adapter_dir(out, self.config.model)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), read, adapters)
     jax.tree.map(np.testing.assert_array_equal, projector, base["projector"])
