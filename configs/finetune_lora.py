@@ -7,7 +7,7 @@ Presets: demo (default; the tiny model on data/demo, a few minutes on 2 CPU core
 llava15_13b with LLaVA's `finetune_lora.sh` recipe: rank 128, alpha 256, lr 2e-4, projector lr
 2e-5 (`mm_projector_lr`), global batch 128, 1 epoch, warmup 3% + cosine, bf16, frozen base in
 bf16. They start from the base model directory (`init.params_from`) and the stage-1 projector
-(`init.projector_from`). LLaVA's lora_dropout 0.05 is not applied (no dropout on adapters).
+(`init.projector_from`). Dropout 0.05 on the adapters' inputs (LLaVA's lora_dropout), in training only.
 """
 
 import os
@@ -38,7 +38,7 @@ def get_config(preset: str = "demo"):
       params_from="" if demo else f"models/{preset}-base",
       projector_from="" if demo else f"workdir/pretrain-{preset}")
   c.optim.lr_groups = (("projector/.*", projector_lr),)
-  c.lora.rank, c.lora.alpha = rank, alpha
+  c.lora.rank, c.lora.alpha, c.lora.dropout = rank, alpha, 0.05
   if demo:
     # The demo's base is random: its frozen LM head alone caps the logits (loss stays > 5), so
     # the head gets an adapter too.

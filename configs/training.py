@@ -71,6 +71,7 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0
   c.lora.alpha = 16.0                  # adapter output scaled by alpha / rank
+  c.lora.dropout = 0.0                 # PEFT's lora_dropout on each adapter's input, training only
   # Regexes fully matching Dense layer paths that get adapters (LLaVA: every decoder linear).
   c.lora.targets = ("llm/layers/(attn/(q|k|v|o)|mlp/(gate|up|down))",)
   c.lora.base_dtype = "float32"        # frozen base weights' storage dtype; bf16 on accelerators

@@ -29,6 +29,7 @@ from llava_jax.convert import model_dir
 from llava_jax.convert import sources
 from llava_jax.data import image as image_lib
 from llava_jax.model import llama
+from llava_jax.model import lora as lora_lib
 
 
 @dataclasses.dataclass
@@ -37,7 +38,7 @@ class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
 
   Fields are plain so that other tools (generation, chat, serving) can build on them.
   """
-  module: model_lib.Llava
+  module: model_lib.Llava          # or lora.LoraModel around it: adapters applied on the fly
   # The parameter tree without the {'params': ...} wrapper; the decoder's layers are split per
   # layer (llama.split_layer_params: the decode loop reads them in place, one copy in memory).
   params: Any
@@ -148,14 +149,35 @@ def _split_decoder_layers(params, target, num_layers: int):
   return jax.device_put(split(params), shardings)
 
 
+def _with_adapters_target(target, params, mesh):
+  """`target` for a base whose QLoRA kernels are codes + scales: the codes sharded as the kernel
+  was, the (small) scales replicated."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat_target = traverse_util.flatten_dict(target)
+  out = {}
+  for key, value in traverse_util.flatten_dict(params).items():
+    if key in flat_target:
+      out[key] = flat_target[key]
+      continue
+    kernel = flat_target[key[:-1] + ("kernel",)]
+    spec = kernel.sharding if key[-1] == "kernel_qvalue" else (
+        sharding.replicated(mesh) if mesh is not None else kernel.sharding)
+    out[key] = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=spec)
+  return traverse_util.unflatten_dict(out)
+
+
 def load(path: str | pathlib.Path, *, adapter: str | pathlib.Path | None = None,
-         dtype: str | None = None, mesh=None, image_aspect: str | None = None) -> LlavaModel:
+         merge: bool = True, dtype: str | None = None, mesh=None,
+         image_aspect: str | None = None) -> LlavaModel:
   """Loads a model directory, a training workdir (latest step) or a llava-hf directory.
 
   Args:
     path: the checkpoint location (a LoRA training workdir loads merged into its base).
-    adapter: LoRA adapters merged into `path` on load: a PEFT or LLaVA LoRA directory, or a
-      LoRA training workdir (llava_jax/convert/adapters.py).
+    adapter: LoRA adapters for `path`: a PEFT or LLaVA LoRA directory, or a LoRA training
+      workdir (llava_jax/convert/adapters.py).
+    merge: fold the adapters into the base weights on load (W + scale * a . b); False applies
+      them on the fly in each matmul and keeps the base as trained on (a QLoRA run's kernels
+      stay quantized).
     dtype: compute dtype override (e.g. 'bfloat16'); parameters keep the config's param_dtype.
     mesh: optional `jax.sharding.Mesh` (axes data/fsdp/tensor) to shard parameters over;
       default: the first device.
@@ -169,12 +191,21 @@ def load(path: str | pathlib.Path, *, adapter: str | pathlib.Path | None = None,
   devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
   module = model_lib.build(model_cfg, model_lib.platform_of(devices))
   target = sharding.abstract_params(module, mesh)
-  if adapter is not None:
-    from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
-    checkpoint = adapters.merged_checkpoint(path, adapter, target=target)
+  from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
+  if not merge and (adapter is not None or adapters.is_lora_workdir(path)):
+    checkpoint, adapter_tree = adapters.unmerged_checkpoint(path, adapter, target=target)
+    params = _split_decoder_layers(checkpoint.params,
+                                   _with_adapters_target(target, checkpoint.params, mesh),
+                                   model_cfg.llm.layers)
+    placement = (jax.devices()[0] if mesh is None else sharding.replicated(mesh))
+    params[lora_lib.LORA] = jax.device_put(adapter_tree, placement)
+    module = lora_lib.LoraModel(module)
   else:
-    checkpoint = sources.read_checkpoint(path, target=target, dtype=model_cfg.param_dtype)
-  params = _split_decoder_layers(checkpoint.params, target, model_cfg.llm.layers)
+    if adapter is not None:
+      checkpoint = adapters.merged_checkpoint(path, adapter, target=target)
+    else:
+      checkpoint = sources.read_checkpoint(path, target=target, dtype=model_cfg.param_dtype)
+    params = _split_decoder_layers(checkpoint.params, target, model_cfg.llm.layers)
   tokenizer = None
   if checkpoint.tokenizer_dir is not None:
     import transformers  # pylint: disable=g-import-not-at-top  # slow import, only when needed

@@ -31,8 +31,9 @@ class ChatError(Exception):
   """A problem the user can fix (bad path, prompt too long); printed without a traceback."""
 
 
-def load_for_chat(ckpt: str | None, adapter: str | None = None):
-  """`llava_jax.load(ckpt, adapter=adapter)` with an error message that says what is missing."""
+def load_for_chat(ckpt: str | None, adapter: str | None = None, merge_adapter: bool = True):
+  """`llava_jax.load(ckpt, adapter=adapter, merge=merge_adapter)` with an error message that
+  says what is missing."""
   if not ckpt:
     raise ChatError("--ckpt is required (a model directory, training workdir or llava-hf dir)")
   for path in (ckpt, adapter):
@@ -41,7 +42,7 @@ def load_for_chat(ckpt: str | None, adapter: str | None = None):
   import llava_jax.api  # deferred: loading pulls in the whole model stack
 
   try:
-    return llava_jax.api.load(ckpt, adapter=adapter)
+    return llava_jax.api.load(ckpt, adapter=adapter, merge=merge_adapter)
   except (FileNotFoundError, ValueError, errors.UserError) as e:
     raise ChatError(f"cannot load checkpoint {ckpt}{f' with adapter {adapter}' if adapter else ''}"
                     f": {e}") from None
@@ -124,7 +125,9 @@ def interact(session: Session, read_line: Callable[[str], str], write: Callable[
 def define_flags():
   """Flags exist only when this module is the program (serve and tests import it too)."""
   flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
-  flags.DEFINE_string("adapter", None, "LoRA adapters merged on load: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
+  flags.DEFINE_string("adapter", None, "LoRA adapters for --ckpt: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
+  flags.DEFINE_bool("merge_adapter", True, "Fold --adapter into the base weights on load; "
+                    "--nomerge_adapter applies it on the fly (a QLoRA base stays quantized).")
   flags.DEFINE_string("image", None, "Local image file (path or file:// URL).")
   flags.DEFINE_string("prompt", None, "Ask this once, print the answer and exit.")
   flags.DEFINE_integer("max_new_tokens", 256, "Most tokens per answer.")
@@ -146,7 +149,7 @@ def main(argv):
   f = flags.FLAGS
   try:
     image = read_image(f.image) if f.image else None
-    model = load_for_chat(f.ckpt, f.adapter)
+    model = load_for_chat(f.ckpt, f.adapter, f.merge_adapter)
     session = Session(model, image, dict(max_new_tokens=f.max_new_tokens,
                                          temperature=f.temperature, top_p=f.top_p, seed=f.seed,
                                          system=f.system))

@@ -58,7 +58,9 @@ def define_flags():
                       "training records (LLaVA JSON) here instead of evaluating.")
   flags.DEFINE_string("data", None, "Task data file.")
   flags.DEFINE_string("ckpt", None, "Model to evaluate, loaded in this process.")
-  flags.DEFINE_string("adapter", None, "LoRA adapters merged on load: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
+  flags.DEFINE_string("adapter", None, "LoRA adapters for --ckpt: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
+  flags.DEFINE_bool("merge_adapter", True, "Fold --adapter into the base weights on load; "
+                    "--nomerge_adapter applies it on the fly (a QLoRA base stays quantized).")
   flags.DEFINE_string(
     "api_base", None, "Instead of --ckpt: an OpenAI-compatible server serving the model.")
   flags.DEFINE_string("model", None, "Model name sent to --api_base (default: none, "
@@ -93,7 +95,7 @@ def make_answer_for():
         client, max_tokens=budget, temperature=FLAGS.temperature, concurrency=FLAGS.batch_size)
   import llava_jax.api  # Deferred: pulls in JAX and the model.
   from llava_jax.eval import model_answering
-  model = llava_jax.api.load(FLAGS.ckpt, adapter=FLAGS.adapter)
+  model = llava_jax.api.load(FLAGS.ckpt, adapter=FLAGS.adapter, merge=FLAGS.merge_adapter)
   return lambda budget: model_answering.model_answer_fn(model, max_new_tokens=budget,
                                                         temperature=FLAGS.temperature)
 

@@ -24,7 +24,9 @@ from llava_jax.serving import protocol
 def define_flags():
   """Flags exist only when a program runs (tests import the modules)."""
   flags.DEFINE_string("ckpt", None, "Model directory, training workdir or llava-hf dir.")
-  flags.DEFINE_string("adapter", None, "LoRA adapters merged on load: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
+  flags.DEFINE_string("adapter", None, "LoRA adapters for --ckpt: a PEFT or LLaVA LoRA dir, or a LoRA workdir.")
+  flags.DEFINE_bool("merge_adapter", True, "Fold --adapter into the base weights on load; "
+                    "--nomerge_adapter applies it on the fly (a QLoRA base stays quantized).")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on.")
   flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
   flags.DEFINE_string("model_name", None, "Model id to serve (default: the directory name).")
@@ -70,7 +72,7 @@ def run(ui: bool):
     print(f"error: --image_root={f.image_root} is not a directory", file=sys.stderr)
     sys.exit(2)
   try:
-    chat_model = chat.load_for_chat(f.ckpt, f.adapter)
+    chat_model = chat.load_for_chat(f.ckpt, f.adapter, f.merge_adapter)
   except chat.ChatError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -14,16 +14,21 @@ import numpy as np
 
 import llava_jax
 from llava_jax import checkpoint
+from llava_jax import generate as generate_lib
 from llava_jax import model as model_lib
 from llava_jax.convert import exporter
 from llava_jax.convert import peft as peft_lib
 from llava_jax.model import lora as lora_lib
 from llava_jax.train import loop
 from llava_jax.train import lora_state
+from llava_jax.train import loss as loss_lib
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import optimizer
+from llava_jax.train import state as state_lib
 from tests import train_fixtures
 import tiny
+
+VISION_TARGETS = r"vision/layers/(attn/(q|k|v|o)|mlp/(fc1|fc2))"
 
 
 def _flat_names(tree) -> set[str]:
@@ -78,6 +83,41 @@ class AdapterMathTest(absltest.TestCase):
     merged = self._logits(lora_lib.merge(self.params, adapters))
     np.testing.assert_allclose(merged, applied, atol=2e-5)
 
+  def test_dropout_acts_on_the_adapter_input_in_training_only(self):
+    adapters = self._adapters(True)
+    params = {**self.params, lora_lib.LORA: adapters}
+    model = lora_state.LoraModel(self.model, dropout=0.5)
+    apply = lambda p, **kw: model.apply({"params": p}, *self.inputs, **kw)
+    # No dropout rng (eval, generation): exactly the adapters without dropout.
+    np.testing.assert_array_equal(apply(params), self._logits(self.params, adapters))
+    train_1 = apply(params, rngs={"dropout": jax.random.key(1)})
+    train_2 = apply(params, rngs={"dropout": jax.random.key(2)})
+    self.assertGreater(float(jnp.max(jnp.abs(train_1 - apply(params)))), 1e-3)
+    self.assertGreater(float(jnp.max(jnp.abs(train_1 - train_2))), 1e-3)
+    # Zero b: the adapters add nothing however their input is dropped, so the base path is
+    # untouched by dropout (PEFT: x . W + scale * (dropout(x) . a) . b).
+    fresh = {**self.params, lora_lib.LORA: self._adapters(False)}
+    np.testing.assert_array_equal(apply(fresh, rngs={"dropout": jax.random.key(1)}),
+                                  self._logits(self.params))
+    with self.assertRaisesRegex(ValueError, r"config.lora.dropout=1.0: must be in \[0, 1\)"):
+      lora_state.LoraModel(self.model, dropout=1.0)
+
+  def test_vision_tower_adapters_apply_and_merge(self):
+    layers = lora_lib.select(lora_lib.dense_layers(self.model, *self.inputs),
+                             (VISION_TARGETS,), 4)
+    self.assertEqual(len(layers), 6)
+    adapters = model_lib.unbox(lora_lib.init_adapters(jax.random.key(1), layers, 4, 8.0))
+    flat = traverse_util.flatten_dict(adapters)
+    adapters = traverse_util.unflatten_dict(
+        {k: jax.random.normal(jax.random.key(i), v.shape) * 0.2 if k[-1] == "b" else v
+         for i, (k, v) in enumerate(flat.items())})
+    base = self._logits(self.params)
+    applied = self._logits(self.params, adapters)
+    # The tower runs only its first layers up to the feature layer: adapters act there too.
+    self.assertGreater(float(jnp.max(jnp.abs(applied - base))), 1e-3)
+    merged = self._logits(lora_lib.merge(self.params, adapters))
+    np.testing.assert_allclose(merged, applied, atol=2e-5)
+
   def test_adapters_carry_logical_axes(self):
     boxed = lora_lib.init_adapters(jax.random.key(1), self.layers, 4, 8.0)
     q = boxed["llm"]["layers"]["attn"]["q"]
@@ -93,8 +133,6 @@ class AdapterMathTest(absltest.TestCase):
     # k projects 64 -> 2 heads x 16 = 32 wide.
     with self.assertRaisesRegex(ValueError, r"rank=33 does not fit layer llm/layers/attn/k"):
       lora_lib.select(all_layers, ("llm/layers/attn/k",), 33)
-    with self.assertRaisesRegex(ValueError, "vision tower"):
-      lora_lib.select(all_layers, ("vision/layers/attn/q",), 4)
 
   def test_adapter_for_another_base_is_refused(self):
     other = _tiny_lora_config()
@@ -116,6 +154,9 @@ class LoraTrainingTest(absltest.TestCase):
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
     cls.config = _tiny_lora_config(steps=4)
     cls.config.checkpoint.every_steps = 2
+    # Dropout on, and adapters on the vision tower too: resume, merge and export cover both.
+    cls.config.lora.dropout = 0.1
+    cls.config.lora.targets = cls.config.lora.targets + (VISION_TARGETS,)
     cls.workdir = cls.tmp / "run"
     cls.state = loop.run(cls.config, cls.workdir, train_fixtures.synthetic_data(cls.config))
     cls.final_params = jax.device_get(cls.state.params)
@@ -133,6 +174,7 @@ class LoraTrainingTest(absltest.TestCase):
     saved = checkpoint.restore_params(self.workdir)
     names = _flat_names(saved)
     self.assertIn("lora/llm/layers/attn/q/a", names)
+    self.assertIn("lora/vision/layers/mlp/fc1/b", names)
     self.assertIn("projector/linear_0/kernel", names)
     self.assertFalse([n for n in names if n.startswith(("llm/", "vision/"))])
     self.assertEqual(checkpoint.read_config(self.workdir).init.params_from, "")
@@ -151,6 +193,19 @@ class LoraTrainingTest(absltest.TestCase):
                  frozen, fresh_frozen)
     b = self.final_params["lora"]["llm"]["layers"]["mlp"]["down"]["b"]
     self.assertGreater(float(np.abs(b).max()), 0.0)
+    # The vision tower's first layer (it runs up to the feature layer) trains its adapters.
+    b = self.final_params["lora"]["vision"]["layers"]["attn"]["q"]["b"]
+    self.assertGreater(float(np.abs(b[0]).max()), 0.0)
+
+  def test_dropout_rng_reaches_the_train_loss(self):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                             ("data", "fsdp", "tensor"))
+    factory, _ = state_lib.make_factory(self.config, mesh, 4)
+    batch = train_fixtures.batch_of(self.config)
+    loss = lambda rng: float(loss_lib.model_loss(factory.model, self.final_params, batch,
+                                                 rng)[0])
+    self.assertNotEqual(loss(jax.random.key(1)), loss(jax.random.key(2)))
+    self.assertEqual(loss(jax.random.key(1)), loss(jax.random.key(1)))
 
   def test_resume_is_exact(self):
     workdir = self.tmp / "resumed"
@@ -171,9 +226,32 @@ class LoraTrainingTest(absltest.TestCase):
     np.testing.assert_allclose(merged, on_the_fly, atol=1e-4, rtol=0)
     out = self.tmp / "peft"
     exporter.export_peft(self.workdir, out)
+    self.assertEqual(peft_lib.read_dropout(out), 0.1)   # the run's lora.dropout
     read, projector = peft_lib.read_adapter_dir(out, self.config.model)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), read, adapters)
     jax.tree.map(np.testing.assert_array_equal, projector, base["projector"])
+
+  def test_adapters_on_the_fly_equal_merged(self):
+    merged = llava_jax.load(self.workdir)
+    on_the_fly = llava_jax.load(self.workdir, merge=False)
+    self.assertIn(lora_lib.LORA, on_the_fly.params)
+    self.assertNotIn(lora_lib.LORA, merged.params)
+    batch = train_fixtures.batch_of(self.config)
+    ids, pixels = batch["input_ids"][:2], batch["pixels"][:2]
+    forward = lambda m: m.module.apply({"params": m.params}, ids, pixels)
+    np.testing.assert_allclose(forward(on_the_fly), forward(merged), atol=1e-5, rtol=0)
+    # Prefill and one decode step against the KV cache (the per-layer loop) agree too.
+    lengths = jnp.full((2,), ids.shape[1], jnp.int32)
+    outs = []
+    for m in (merged, on_the_fly):
+      gen = generate_lib.Generator(m.module, m.params, eos_ids=[2], pad_id=0,
+                                   max_len=self.config.model.llm.max_len)
+      logits, cache = gen.prefill(m.params, ids, pixels, lengths, ids.shape[1] + 2)
+      step, _ = gen.decode_step(m.params, jnp.argmax(logits, -1).astype(jnp.int32), lengths,
+                                cache)
+      outs.append((logits, step))
+    for want, got in zip(*outs):
+      np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
   def test_merge_lora_flag_is_checked(self):
     def convert(*args):
@@ -193,6 +271,14 @@ class LoraTrainingTest(absltest.TestCase):
     self.assertEqual(labels["projector"]["linear_0"]["kernel"], "0")
     self.assertEqual(labels["lora"]["llm"]["layers"]["attn"]["q"]["a"], "default")
 
+  def test_lm_head_adapter_with_chunked_loss_is_refused(self):
+    config = _tiny_lora_config()   # the demo recipe adapts the LM head
+    config.train.loss_chunk_len = 64
+    with self.assertRaisesRegex(ValueError, "adapts llm/lm_head, but config.train.loss_chunk_len"):
+      lora_state.LoraStateFactory(model_lib.build(config.model), config,
+                                  optimizer.make_optimizer(config.optim, 4)[0],
+                                  jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
+
   def test_trainable_without_adapters_is_refused(self):
     config = _tiny_lora_config()
     config.optim.trainable = ("projector/.*",)
@@ -201,9 +287,6 @@ class LoraTrainingTest(absltest.TestCase):
                                   optimizer.make_optimizer(config.optim, 4)[0],
                                   jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
 
-
-if __name__ == "__main__":
-  absltest.main()
 
 
 class QloraTest(absltest.TestCase):
@@ -254,7 +337,18 @@ class QloraTest(absltest.TestCase):
     model = llava_jax.load(workdir)
     np.testing.assert_allclose(model.module.apply({"params": model.params}, ids, pixels),
                                on_the_fly, atol=1e-4, rtol=0)
+    # Applied on the fly, the base stays quantized (NF4 codes) and computes the same logits.
+    unmerged = llava_jax.load(workdir, merge=False)
+    q = unmerged.params["llm"]["layers"][0]["attn"]["q"]
+    self.assertEqual(q["kernel_qvalue"].dtype, jnp.uint4)
+    self.assertNotIn("kernel", q)
+    np.testing.assert_allclose(unmerged.module.apply({"params": unmerged.params}, ids, pixels),
+                               on_the_fly, atol=1e-5, rtol=0)
 
   def test_unknown_quant_is_named(self):
     with self.assertRaisesRegex(ValueError, "config.lora.quant: unknown 'fp3'"):
       self._factory("fp3")
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -52,10 +52,10 @@ class PeftTest(absltest.TestCase):
     return _peft_logits(peft.PeftModel.from_pretrained(fx.llava_model(seed=SEED), directory),
                         self.input_ids, self.pixels)
 
-  def _random_adapters(self):
+  def _random_adapters(self, patterns=lora_lib.DECODER_TARGETS + ("llm/lm_head",)):
     module = model_lib.build(self.model_cfg)
     targets = lora_lib.select(lora_lib.dense_layers(module, *model_lib.init_inputs(module.cfg)),
-                              lora_lib.DECODER_TARGETS + ("llm/lm_head",), 4)
+                              patterns, 4)
     adapters = model_lib.unbox(lora_lib.init_adapters(jax.random.key(0), targets, 4, 8.0))
     flat = {k: (np.random.default_rng(len(k)).normal(size=v.shape).astype(np.float32) * 0.1
                 if k[-1] == "b" else np.asarray(v))
@@ -81,6 +81,31 @@ class PeftTest(absltest.TestCase):
     base_logits = self.base.logits(np.array([self.input_ids]), self.pixels)
     self.assertGreater(np.abs(want - base_logits).max(), 1e-2)   # the adapter changes logits
     # And read back through llava_jax.load(base, adapter=DIR).
+    np.testing.assert_allclose(self._ours(directory), want, atol=1e-4, rtol=0)
+
+  def test_vision_tower_adapters_match_peft(self):
+    adapters, projector = self._random_adapters(
+        (r"vision/layers/(attn/(q|k|v|o)|mlp/(fc1|fc2))", r"llm/layers/attn/q"))
+    config, tensors = peft_lib.to_peft(adapters, projector, self.model_cfg, dropout=0.05)
+    self.assertIn("base_model.model.model.vision_tower.encoder.layers.0.self_attn.out_proj."
+                  "lora_A.weight", tensors)
+    self.assertIn("base_model.model.model.vision_tower.encoder.layers.1.mlp.fc2.lora_B.weight",
+                  tensors)
+    directory = self.tmp / "vision"
+    directory.mkdir()
+    peft_lib.write_peft(directory, config, tensors)
+    self.assertEqual(peft_lib.read_dropout(directory), 0.05)
+    want = self._peft(directory)
+    # Vision-only adapters change the logits too (through the image features).
+    vision_only = {"vision": adapters["vision"]}
+    base_logits = self.base.logits(np.array([self.input_ids]), self.pixels)
+    config_v, tensors_v = peft_lib.to_peft(vision_only, None, self.model_cfg)
+    vision_dir = self.tmp / "vision_only"
+    vision_dir.mkdir()
+    peft_lib.write_peft(vision_dir, config_v, tensors_v)
+    vision_want = self._peft(vision_dir)
+    self.assertGreater(np.abs(vision_want - base_logits).max(), 1e-3)
+    np.testing.assert_allclose(self._ours(vision_dir), vision_want, atol=1e-4, rtol=0)
     np.testing.assert_allclose(self._ours(directory), want, atol=1e-4, rtol=0)
 
   def _peft_made_adapter(self, directory):

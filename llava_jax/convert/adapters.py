@@ -27,6 +27,7 @@ class Adapter:
   projector: dict | None       # a trained projector that replaces the base's, if any
   base: str | None             # the base this adapter was trained on ('' = random init), if known
   train_config: ml_collections.ConfigDict | None = None
+  dropout: float = 0.0         # the adapter input's dropout in training (PEFT's lora_dropout)
 
 
 def is_lora_config(config: ml_collections.ConfigDict) -> bool:
@@ -53,7 +54,7 @@ def read_adapter(path, model_cfg: ml_collections.ConfigDict) -> Adapter:
   path = pathlib.Path(path)
   if peft.is_adapter_dir(path):
     adapters, projector = peft.read_adapter_dir(path, model_cfg)
-    return Adapter(adapters, projector, base=None)
+    return Adapter(adapters, projector, base=None, dropout=peft.read_dropout(path))
   if not is_lora_workdir(path):
     raise FileNotFoundError(f"{path}: not an adapter (a PEFT/LLaVA LoRA directory with "
                             f"{peft.CONFIG}, or a LoRA training workdir)")
@@ -61,7 +62,7 @@ def read_adapter(path, model_cfg: ml_collections.ConfigDict) -> Adapter:
   config = checkpoint.read_config(path)
   saved = checkpoint.restore_params(path)
   return Adapter(saved[lora_lib.LORA], saved.get("projector"), base=config.init.params_from,
-                 train_config=config)
+                 train_config=config, dropout=config.lora.dropout)
 
 
 def random_base(config: ml_collections.ConfigDict) -> dict:
@@ -74,20 +75,36 @@ def random_base(config: ml_collections.ConfigDict) -> dict:
   return jax.tree.map(lambda x: np.asarray(x.astype(dtype)), init(init_rng))
 
 
-def _as_trained(params: dict, config: ml_collections.ConfigDict, adapters: dict) -> dict:
-  """The base as a QLoRA run saw it: adapted kernels quantized and dequantized again."""
+def _quantized_kernels(params: dict, config: ml_collections.ConfigDict, adapters: dict):
+  """{layer path: (codes, scales)} of the adapted kernels, as a QLoRA run stored them."""
   if config.lora.quant == "none":
-    return params
+    return {}
   from llava_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from llava_jax.model import quant  # pylint: disable=g-import-not-at-top
   module = model_lib.build(config.model)
   layers = lora_lib.dense_layers(module, *model_lib.init_inputs(module.cfg))
   flat = traverse_util.flatten_dict(params)
-  for path in lora_lib.adapted_layers(adapters):
-    kernel = flat[path + ("kernel",)]
-    codes, scales = quant.quantize(jnp.asarray(kernel), config.lora.quant,
-                                   layers["/".join(path)].last_in_axis, config.lora.quant_block)
-    flat[path + ("kernel",)] = np.asarray(quant.dequantize(codes, scales, kernel.dtype))
+  return {path: quant.quantize(jnp.asarray(flat[path + ("kernel",)]), config.lora.quant,
+                               layers["/".join(path)].last_in_axis, config.lora.quant_block)
+          for path in lora_lib.adapted_layers(adapters)}
+
+
+def _as_trained(params: dict, config: ml_collections.ConfigDict, adapters: dict) -> dict:
+  """The base as a QLoRA run saw it: adapted kernels quantized and dequantized again."""
+  from llava_jax.model import quant  # pylint: disable=g-import-not-at-top
+  flat = traverse_util.flatten_dict(params)
+  for path, (codes, scales) in _quantized_kernels(params, config, adapters).items():
+    dtype = flat[path + ("kernel",)].dtype
+    flat[path + ("kernel",)] = np.asarray(quant.dequantize(codes, scales, dtype))
+  return traverse_util.unflatten_dict(flat)
+
+
+def _stored_as_trained(params: dict, config: ml_collections.ConfigDict, adapters: dict) -> dict:
+  """The base as a QLoRA run stored it: adapted kernels as `kernel_qvalue` + `kernel_scale`."""
+  flat = traverse_util.flatten_dict(params)
+  for path, (codes, scales) in _quantized_kernels(params, config, adapters).items():
+    del flat[path + ("kernel",)]
+    flat[path + ("kernel_qvalue",)], flat[path + ("kernel_scale",)] = codes, scales
   return traverse_util.unflatten_dict(flat)
 
 
@@ -99,26 +116,47 @@ def apply(params: dict, adapter: Adapter) -> dict:
   return merged
 
 
+def _base_and_adapter(base, adapter):
+  """(checkpoint of the base, its float parameters, the Adapter); see `merged_checkpoint`."""
+  if adapter is None:
+    found = read_adapter(base, sources.read_model_config(base))
+    if found.base:
+      params = sources.read_checkpoint(found.base).params
+    else:
+      params = random_base(found.train_config)
+    return sources.workdir_checkpoint(found.train_config, None), params, found
+  ckpt = sources.read_checkpoint(base)
+  return ckpt, ckpt.params, read_adapter(adapter, ckpt.model_cfg)
+
+
 def merged_checkpoint(base, adapter=None, target=None) -> sources.Checkpoint:
   """`base` with `adapter` merged in; with no `adapter`, `base` is a LoRA training workdir whose
   own base (named by its saved config) it is merged into. `target`: as in
   `sources.read_checkpoint`, its dtypes are applied to the merged tree."""
-  if adapter is None:
-    found = read_adapter(base, sources.read_model_config(base))
-    config = found.train_config
-    if found.base:
-      params = sources.read_checkpoint(found.base).params
-    else:
-      params = random_base(config)
-    params = _as_trained(params, config, found.adapters)
-    ckpt = sources.workdir_checkpoint(config, None)
-  else:
-    ckpt = sources.read_checkpoint(base)
-    found = read_adapter(adapter, ckpt.model_cfg)
-    params = ckpt.params
-    if found.train_config is not None:
-      params = _as_trained(params, found.train_config, found.adapters)
+  ckpt, params, found = _base_and_adapter(base, adapter)
+  if found.train_config is not None:
+    params = _as_trained(params, found.train_config, found.adapters)
   ckpt.params = apply(params, found)
   if target is not None:
     ckpt.params = jax.tree.map(lambda x, t: np.asarray(x, t.dtype), ckpt.params, target)
   return ckpt
+
+
+def unmerged_checkpoint(base, adapter=None, target=None) -> tuple[sources.Checkpoint, dict]:
+  """(`base` with the adapter's projector, the adapters apart) for applying them on the fly.
+
+  The base stays as its run trained on it: a QLoRA run's adapted kernels as int8/int4/NF4
+  codes + scales. `target`'s dtypes apply to the base leaves it names; adapters stay float32.
+  """
+  ckpt, params, found = _base_and_adapter(base, adapter)
+  if target is not None:
+    flat_target = traverse_util.flatten_dict(target)
+    flat = {k: np.asarray(v, flat_target[k].dtype) if k in flat_target else v
+            for k, v in traverse_util.flatten_dict(params).items()}
+    params = traverse_util.unflatten_dict(flat)
+  if found.train_config is not None:
+    params = jax.device_get(_stored_as_trained(params, found.train_config, found.adapters))
+  if found.projector is not None:
+    params = dict(params, projector=found.projector)
+  ckpt.params = params
+  return ckpt, jax.tree.map(lambda x: np.asarray(x, np.float32), found.adapters)

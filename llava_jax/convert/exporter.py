@@ -117,7 +117,8 @@ def export_peft(ckpt: str, out: str, *, overwrite: bool = False) -> list[str]:
                      "no adapters to export")
   model_cfg = sources.read_model_config(ckpt)
   adapter = adapters.read_adapter(ckpt, model_cfg)
-  config, tensors = peft.to_peft(adapter.adapters, adapter.projector, model_cfg)
+  config, tensors = peft.to_peft(adapter.adapters, adapter.projector, model_cfg,
+                                 dropout=adapter.dropout)
   config["base_model_name_or_path"] = adapter.base or None
   with model_dir.staged_output(out, overwrite) as staging:
     return peft.write_peft(staging, config, tensors)

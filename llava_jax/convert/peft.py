@@ -53,8 +53,10 @@ def _module_pattern(names) -> str:
   return "^(?:" + "|".join(templates) + ")$"
 
 
-def to_peft(adapters: dict, projector: dict | None, model_cfg) -> tuple[dict, dict]:
-  """(adapter_config dict, {key: tensor}) for our adapters (numpy trees) and projector."""
+def to_peft(adapters: dict, projector: dict | None, model_cfg, dropout: float = 0.0
+            ) -> tuple[dict, dict]:
+  """(adapter_config dict, {key: tensor}) for our adapters (numpy trees) and projector;
+  `dropout` is the training run's lora.dropout (PEFT's lora_dropout)."""
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(adapters)
   tensors, modules, ranks, scales = {}, [], set(), set()
@@ -82,7 +84,7 @@ def to_peft(adapters: dict, projector: dict | None, model_cfg) -> tuple[dict, di
     for key, tensor in hf.params_to_hf({"projector": projector}, model_cfg, only="projector"):
       tensors[PREFIX + key] = np.ascontiguousarray(tensor)
     modules_to_save = ["multi_modal_projector"]
-  config = dict(peft_type="LORA", r=rank, lora_alpha=scale * rank, lora_dropout=0.0,
+  config = dict(peft_type="LORA", r=rank, lora_alpha=scale * rank, lora_dropout=dropout,
                 target_modules=_module_pattern(modules), modules_to_save=modules_to_save,
                 bias="none", fan_in_fan_out=False, use_rslora=False, use_dora=False,
                 init_lora_weights=True, inference_mode=True, task_type=None,
@@ -94,6 +96,15 @@ def write_peft(out: pathlib.Path, config: dict, tensors: dict) -> list[str]:
   (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
   safetensors.numpy.save_file(tensors, str(out / WEIGHTS[0]), metadata={"format": "pt"})
   return [CONFIG, WEIGHTS[0]]
+
+
+def read_dropout(path) -> float:
+  """PEFT's lora_dropout of the adapter directory `path` (0 when absent)."""
+  config_file = pathlib.Path(path) / CONFIG
+  rate = json.loads(config_file.read_text()).get("lora_dropout", 0.0)
+  if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    raise ValueError(f"{config_file}: lora_dropout={rate!r} must be a number in [0, 1)")
+  return float(rate)
 
 
 def read_adapter_dir(path, model_cfg) -> tuple[dict, dict | None]:

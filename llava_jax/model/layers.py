@@ -39,7 +39,8 @@ class Dense(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, adapter_x=None):
+    """`adapter_x`: what the adapter reads instead of x (LoRA dropout, lora.adapter_dropout)."""
     in_shape = x.shape[x.ndim - self.n_in:]
     dtype = self.dtype or x.dtype
     if self.has_variable("params", QUANTIZED + "_qvalue"):
@@ -52,7 +53,8 @@ class Dense(nn.Module):
     contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
     y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
     if self.has_variable(LORA, "a"):
-      y = y + lora_delta(x.astype(dtype), self.get_variable(LORA, "a"),
+      y = y + lora_delta((x if adapter_x is None else adapter_x).astype(dtype),
+                         self.get_variable(LORA, "a"),
                          self.get_variable(LORA, "b"), self.get_variable(LORA, "scale"), contract)
     if self.use_bias:
       bias = self.param("bias", partitioned(nn.initializers.zeros_init(), self.axes[self.n_in:]),

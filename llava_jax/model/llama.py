@@ -186,7 +186,8 @@ class Decoder(nn.Module):
       raise ValueError(f"model.scan_unroll: {self.scan_unroll} is not in [1, {cfg.layers}] "
                        "(layers per loop iteration; 0 in the config picks one)")
     self.layers = nn.scan(
-        block, variable_axes={"params": 0, layers.LORA: 0}, split_rngs={"params": True},
+        block, variable_axes={"params": 0, layers.LORA: 0},
+        split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * 5 + (0,), length=cfg.layers,
         unroll=self.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
             cfg, dt, pdt, self.attention, self.platform)
@@ -217,12 +218,16 @@ class Decoder(nn.Module):
       layer_trees = split_layer_params(layer_trees, self.cfg.layers)
     block = DecoderBlock(self.cfg, self.dtype, self.param_dtype, self.attention, self.platform,
                          parent=None)
+    # Adapters applied on the fly (LoRA, unmerged) stay stacked; layer l reads its slice.
+    adapters = nn.meta.unbox(self.variables.get(layers.LORA, {}).get("layers"))
     new_k, new_v = [], []
     for l, layer_params in enumerate(layer_trees):
       layer_cache = None if k_cache is None else dict(k=k_cache[l], v=v_cache[l])
+      variables = {"params": layer_params}
+      if adapters is not None:
+        variables[layers.LORA] = jax.tree_util.tree_map(lambda a, l=l: a[l], adapters)
       x_BxTxD, layer_cache = block.apply(
-          {"params": layer_params}, x_BxTxD, cos, sin, mask_BxTxS, segment_ids_BxT, index,
-          layer_cache)
+          variables, x_BxTxD, cos, sin, mask_BxTxS, segment_ids_BxT, index, layer_cache)
       if layer_cache is not None:
         new_k.append(layer_cache["k"])
         new_v.append(layer_cache["v"])

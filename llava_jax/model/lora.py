@@ -11,6 +11,7 @@ alpha / rank. Targets are chosen by regexes that fully match the layer path ('ll
 """
 
 from collections.abc import Sequence
+import contextlib
 import dataclasses
 import math
 import re
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 from llava_jax.model import layers
 
 LORA = layers.LORA
+DROPOUT_RNG = "dropout"   # the rng stream the train step passes (eval and generation pass none)
 # LLaVA's find_all_linear_names: every linear layer of the language model but the LM head.
 DECODER_TARGETS = ("llm/layers/(attn/(q|k|v|o)|mlp/(gate|up|down))",)
 
@@ -91,9 +93,6 @@ def select(all_layers: dict[str, DenseLayer], targets: Sequence[str], rank: int
                        f"look like {sorted(all_layers)[:4]}")
     chosen.update({l.name: l for l in hits})
   for l in chosen.values():
-    if l.path[0] == "vision":
-      raise ValueError(f"config.lora.targets: {l.name} is in the vision tower; adapters go on "
-                       "the decoder (llm/...) only")
     width = min(math.prod(l.in_shape), math.prod(l.out_shape))
     if not 0 < rank <= width:
       raise ValueError(f"config.lora.rank={rank} does not fit layer {l.name} "
@@ -160,3 +159,44 @@ def merge(params: dict, adapters: dict) -> dict:
                        f"kernel is {tuple(w.shape)} (an adapter trained for another base?)")
     flat[key] = (jnp.asarray(w, jnp.float32) + d).astype(w.dtype)
   return traverse_util.unflatten_dict(flat)
+
+
+def adapter_dropout(rate: float):
+  """A context in which adapted Dense layers drop their adapter's input (PEFT's lora_dropout:
+  y = x . W + scale * (dropout(x) . a) . b) when the apply has a `dropout` rng; without one
+  (eval, generation) nothing is dropped. The base matmul always sees x as it is."""
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"config.lora.dropout={rate}: must be in [0, 1)")
+  if rate == 0.0:
+    return contextlib.nullcontext()
+
+  def drop_adapter_input(next_fun, args, kwargs, context):
+    m = context.module
+    if (isinstance(m, layers.Dense) and context.method_name == "__call__"
+        and m.has_variable(LORA, "a") and m.has_rng(DROPOUT_RNG)):
+      x = args[0]
+      keep = jax.random.bernoulli(m.make_rng(DROPOUT_RNG), 1.0 - rate, x.shape)
+      kwargs = dict(kwargs, adapter_x=jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)))
+    return next_fun(*args, **kwargs)
+
+  return nn.intercept_methods(drop_adapter_input)
+
+
+class LoraModel:
+  """`model` whose `apply` takes the adapters at params['lora'] (moved to their collection),
+  with `dropout` on the adapters' inputs when the apply is given a `dropout` rng (training).
+  Inference with adapters applied on the fly (`llava_jax.load(..., merge=False)`) uses it too."""
+
+  def __init__(self, model: nn.Module, dropout: float = 0.0):
+    self.base = model
+    self.dropout = dropout
+    adapter_dropout(dropout)   # checks the rate now, not at the first step
+
+  def apply(self, variables, *args, **kwargs):
+    params = dict(variables["params"])
+    adapters = params.pop(LORA)
+    with adapter_dropout(self.dropout):
+      return self.base.apply({"params": params, LORA: adapters}, *args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self.base, name)

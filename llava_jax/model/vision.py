@@ -128,7 +128,8 @@ class VisionTower(nn.Module):
     use_remat, policy = layers.remat_policy(self.remat)
     if use_remat:
       block = nn.remat(block, policy=policy, prevent_cse=False)
-    return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=n,
+    return nn.scan(block, variable_axes={"params": 0, layers.LORA: 0},
+                   split_rngs={"params": True, "dropout": True}, length=n,
                    metadata_params={nn.PARTITION_NAME: "layers"})(
                        self.cfg, self.dtype, self.param_dtype, **module_kwargs)
 
@@ -149,10 +150,12 @@ class VisionTower(nn.Module):
     """Output of the first `n` encoder layers (n static), reading a slice of the stacked params."""
     if n == 0:
       return x_BxNxD
-    params = nn.meta.unbox(self.layers.variables["params"])
-    first_n = jax.tree_util.tree_map(lambda a: a[:n], params)
+    # Parameters and adapters (LoRA, if any) of the first n layers.
+    variables = {c: jax.tree_util.tree_map(lambda a: a[:n], nn.meta.unbox(v))
+                 for c, v in self.layers.variables.items() if c in ("params", layers.LORA)}
+    rngs = {"dropout": self.make_rng("dropout")} if self.has_rng("dropout") else None
     # A detached copy of the stack, applied functionally: Linen cannot shorten a bound scan.
-    y, _ = self._stack(n, parent=None).apply({"params": first_n}, x_BxNxD, None)
+    y, _ = self._stack(n, parent=None).apply(variables, x_BxNxD, None, rngs=rngs)
     return y
 
   def __call__(self, pixels_BxHxWx3):

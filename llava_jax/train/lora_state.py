@@ -23,21 +23,7 @@ from llava_jax.train.state import StateFactory
 from llava_jax.train.state import TrainState
 
 LORA = lora_lib.LORA
-
-
-class LoraModel:
-  """`model` whose `apply` takes the adapters at params['lora'] (moved to their collection)."""
-
-  def __init__(self, model: nn.Module):
-    self.base = model
-
-  def apply(self, variables, *args, **kwargs):
-    params = dict(variables["params"])
-    adapters = params.pop(LORA)
-    return self.base.apply({"params": params, LORA: adapters}, *args, **kwargs)
-
-  def __getattr__(self, name):
-    return getattr(self.base, name)
+LoraModel = lora_lib.LoraModel
 
 
 def split_adapters(params: dict) -> tuple[dict, dict]:
@@ -61,10 +47,14 @@ class LoraStateFactory(StateFactory):
     self.lora_cfg = config.lora
     all_layers = lora_lib.dense_layers(model, *model_lib.init_inputs(model.cfg))
     self.targets = lora_lib.select(all_layers, config.lora.targets, config.lora.rank)
+    if config.train.loss_chunk_len > 0 and any(l.name == "llm/lm_head" for l in self.targets):
+      raise ValueError("config.lora.targets adapts llm/lm_head, but config.train.loss_chunk_len "
+                       f"= {config.train.loss_chunk_len} computes the loss from the head's kernel "
+                       "alone; set loss_chunk_len=0 or leave the head out of the targets")
     if not any(p.startswith(LORA) for p in config.optim.trainable):
       raise ValueError(f"config.optim.trainable={tuple(config.optim.trainable)} selects no "
                        "adapter (lora/...): with config.lora.rank > 0 the adapters must train")
-    super().__init__(LoraModel(model), config.model, tx, config.optim.trainable, mesh)
+    super().__init__(LoraModel(model, config.lora.dropout), config.model, tx, config.optim.trainable, mesh)
     # What init.params_from / random init provide: the float base (quantized after loading).
     boxed = jax.eval_shape(lambda r: self._boxed_base(r, quantized=False), jax.random.key(0))
     self.float_base = sharding.abstract(boxed, mesh)
