@@ -115,7 +115,7 @@ class LoadTest(parameterized.TestCase):
       self.model.logits(self.input_ids, pixels)
 
   def test_bad_image_is_an_error(self):
-    with self.assertRaisesRegex(ValueError, "image 0 must be"):
+    with self.assertRaisesRegex(ValueError, r"image 0: expected a PIL image or uint8\[H, W, 3\]"):
       self.model.preprocess([np.zeros((8, 8), np.float32)])
 
 
