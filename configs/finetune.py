@@ -10,13 +10,13 @@ llava_v1_7b, llava15_7b, llava15_13b with LLaVA's recipes: lr 2e-5, global batch
 
 import os
 
-from configs import common
-from configs import training
+from llava_jax.config import schema
+from llava_jax.config import training
 
 # preset: (lr, global batch, epochs, LLaVA JSON, image folder, image aspect)
 RECIPES = {
-    "demo": (1e-3, 8, 1, os.path.join(common.DEMO_DIR, "finetune.json"),
-             os.path.join(common.DEMO_DIR, "images"), "pad"),
+    "demo": (1e-3, 8, 1, os.path.join(schema.DEMO_DIR, "finetune.json"),
+             os.path.join(schema.DEMO_DIR, "images"), "pad"),
     "llava_v1_7b": (2e-5, 128, 3, "data/llava/llava_instruct_158k.json",
                     "data/llava/coco/train2017", "crop"),
     "llava15_7b": (2e-5, 128, 1, "data/llava/llava_v1_5_mix665k.json", "data/llava/images",

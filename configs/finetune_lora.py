@@ -12,13 +12,13 @@ bf16. They start from the base model directory (`init.params_from`) and the stag
 
 import os
 
-from configs import common
-from configs import training
+from llava_jax.config import schema
+from llava_jax.config import training
 
 # preset: (rank, alpha, lr, projector lr, global batch, LLaVA JSON, image folder)
 RECIPES = {
-    "demo": (16, 32.0, 3e-3, 1e-3, 8, os.path.join(common.DEMO_DIR, "finetune.json"),
-             os.path.join(common.DEMO_DIR, "images")),
+    "demo": (16, 32.0, 3e-3, 1e-3, 8, os.path.join(schema.DEMO_DIR, "finetune.json"),
+             os.path.join(schema.DEMO_DIR, "images")),
     "llava15_7b": (128, 256.0, 2e-4, 2e-5, 128, "data/llava/llava_v1_5_mix665k.json",
                    "data/llava/images"),
     "llava15_13b": (128, 256.0, 2e-4, 2e-5, 128, "data/llava/llava_v1_5_mix665k.json",

@@ -10,13 +10,13 @@ bf16, max length 2048. The vision tower and LLM start from a model directory mad
 
 import os
 
-from configs import common
-from configs import training
+from llava_jax.config import schema
+from llava_jax.config import training
 
 # preset: (lr, global batch, epochs, LLaVA JSON, image folder)
 RECIPES = {
-    "demo": (2e-3, 8, 1, os.path.join(common.DEMO_DIR, "pretrain.json"),
-             os.path.join(common.DEMO_DIR, "images")),
+    "demo": (2e-3, 8, 1, os.path.join(schema.DEMO_DIR, "pretrain.json"),
+             os.path.join(schema.DEMO_DIR, "images")),
     "llava_v1_7b": (2e-3, 128, 1, "data/llava/LLaVA-CC3M-Pretrain-595K/chat.json",
                     "data/llava/LLaVA-CC3M-Pretrain-595K/images"),
     "llava15_7b": (1e-3, 256, 1, "data/llava/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",

@@ -159,10 +159,10 @@ def compile_train(config, tpu_slice: Slice, devices) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from configs import common  # pylint: disable=g-import-not-at-top
   from llava_jax import bench  # pylint: disable=g-import-not-at-top
   from llava_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from llava_jax import sharding  # pylint: disable=g-import-not-at-top
+  from llava_jax.config import schema  # pylint: disable=g-import-not-at-top
   config = unrolled(config)
   setup = bench.setup_step(config, devices=devices)
   b, t = config.train.batch_size, config.data.max_len
@@ -176,7 +176,7 @@ def compile_train(config, tpu_slice: Slice, devices) -> dict:
   parts = setup.parts
   step_flops = flops_lib.train_step_flops(
       config.model, batch_size=b, seq_len=t, images_per_row=config.data.max_images,
-      image_tokens=common.num_image_tokens(config.model), train_llm=parts["llm"],
+      image_tokens=schema.num_image_tokens(config.model), train_llm=parts["llm"],
       train_projector=parts["projector"], train_vision=parts["vision"]).total
   state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
                     for x in jax.tree.leaves(setup.factory.abstract))
@@ -244,7 +244,7 @@ def run(config, accelerator_type: str, *, target: str = "train", **generate_kw) 
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)
   import jax  # pylint: disable=g-import-not-at-top
 
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from llava_jax.config import schema  # pylint: disable=g-import-not-at-top
   devices = topology_devices(tpu_slice)
   if target == "train":
     result = compile_train(config, tpu_slice, devices)
@@ -257,7 +257,7 @@ def run(config, accelerator_type: str, *, target: str = "train", **generate_kw) 
       topology=accelerator_type, topology_name=tpu_slice.topology_name, chips=tpu_slice.chips,
       device_kind=devices[0].device_kind, jax_version=jax.__version__, preset=model_cfg.preset,
       llm_layers=model_cfg.llm.layers,
-      full_layers=common.model_config(model_cfg.preset).llm.layers, dtype=model_cfg.dtype, remat=model_cfg.remat,
+      full_layers=schema.model_config(model_cfg.preset).llm.layers, dtype=model_cfg.dtype, remat=model_cfg.remat,
       attention=model_cfg.attention, mesh=dict(config.mesh),
       batch_size=config.train.batch_size, seq_len=config.data.max_len,
       grad_accum_steps=config.train.grad_accum_steps,

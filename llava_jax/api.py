@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import common
 from llava_jax import chat_api
 from llava_jax import model as model_lib
 from llava_jax import prompting
 from llava_jax import sharding
+from llava_jax.config import schema
 from llava_jax.convert import model_dir
 from llava_jax.convert import sources
 from llava_jax.data import image as image_lib
@@ -57,7 +57,7 @@ class LlavaModel(chat_api.ChatMixin):  # generate/chat: see chat_api.py
 
   @property
   def num_image_tokens(self) -> int:
-    return common.num_image_tokens(self.model_cfg)
+    return schema.num_image_tokens(self.model_cfg)
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
     """PIL images or uint8[H, W, 3] arrays -> float32[N, S, S, 3], CLIP-normalized."""

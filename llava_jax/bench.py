@@ -32,9 +32,9 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from configs import common
 from llava_jax import flops as flops_lib
 from llava_jax import sharding
+from llava_jax.config import schema
 from llava_jax.train import optimizer
 from llava_jax.train import state as state_lib
 from llava_jax.train import step as step_lib
@@ -74,7 +74,7 @@ def synthetic_batch(model_cfg, *, batch_size: int, seq_len: int, images_per_row:
 
   Text tokens are supervised; BOS, image tokens and padding are not (as in LLaVA's stage 1).
   """
-  image_tokens = common.num_image_tokens(model_cfg)
+  image_tokens = schema.num_image_tokens(model_cfg)
   prefix = 1 + images_per_row * image_tokens
   if not 0 < fill <= 1:
     raise ValueError(f"--fill={fill}: expected 0 < fill <= 1")
@@ -171,7 +171,7 @@ def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
   """
   model_cfg = config.model
   batch_size, seq_len = config.train.batch_size, config.data.max_len
-  image_tokens = common.num_image_tokens(model_cfg)
+  image_tokens = schema.num_image_tokens(model_cfg)
   loss_chunk = config.train.loss_chunk_len if loss_chunk is None else loss_chunk
   if data == "pipeline":
     if images_per_row is not None or fill != 1.0:

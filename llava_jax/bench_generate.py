@@ -21,16 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
 from llava_jax import generate
 from llava_jax import model as model_lib
+from llava_jax.config import schema
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
-  flags.DEFINE_string("preset", "tiny", "Model preset in configs/common.py.")
+  flags.DEFINE_string("preset", "tiny", "Model preset in llava_jax/config/schema.py.")
   flags.DEFINE_integer("llm_layers", None, "Cut the decoder to this many layers.")
   flags.DEFINE_string("dtype", "float32", "Compute and parameter dtype.")
   flags.DEFINE_integer("prompt_text", 32, "Text tokens after the image.")
@@ -46,7 +46,7 @@ def _define_flags():
 
 
 def _config():
-  cfg = common.model_config(FLAGS.preset)
+  cfg = schema.model_config(FLAGS.preset)
   if FLAGS.llm_layers:
     cfg.llm.layers = FLAGS.llm_layers
   cfg.dtype = cfg.param_dtype = FLAGS.dtype
@@ -62,7 +62,7 @@ def _random_params(module, cfg):
 
 
 def _prompts(cfg, batch: int, rng):
-  n = common.num_image_tokens(cfg)
+  n = schema.num_image_tokens(cfg)
   text = rng.integers(10, min(cfg.llm.vocab_size, 30000), size=(batch, FLAGS.prompt_text))
   ids = [[1] + [cfg.image_token_id] * n + row.tolist() for row in text]
   pixels = rng.normal(size=(batch, 1, cfg.vision.image_size, cfg.vision.image_size, 3))

@@ -11,6 +11,7 @@ spread), since timings on a loaded machine drift. With --topology the steps are 
 for that TPU topology (needs libtpu importable: PYTHONPATH=/work/libtpu, TPU_ACCELERATOR_TYPE).
 """
 
+import pathlib
 import time
 
 from absl import app
@@ -18,10 +19,12 @@ from absl import flags
 import jax
 import numpy as np
 
-from configs import finetune
-from configs import finetune_lora
 from llava_jax import bench
 from llava_jax import sharding
+from llava_jax.config import check as config_check
+
+# The checkout's recipes, read by path as `llava_jax.main --config=FILE` reads them.
+RECIPES = pathlib.Path(__file__).absolute().parents[1] / "configs"
 
 MODES = ("full", "lora_bf16", "qlora_int8", "qlora_nf4")
 FLAGS = flags.FLAGS
@@ -38,7 +41,8 @@ def _define_flags():
 
 def mode_config(mode: str, preset: str, layers: int, batch: int, seq: int):
   """The recipe of `mode` at shared shapes; LoRA modes keep the base in bf16."""
-  config = (finetune if mode == "full" else finetune_lora).get_config(preset)
+  recipe = RECIPES / ("finetune.py" if mode == "full" else "finetune_lora.py")
+  config = config_check.load_config_file(str(recipe)).get_config(preset)
   config.train.batch_size = batch
   if layers:
     config.model.llm.layers = layers

@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from configs import common
+from llava_jax.config import schema
 from llava_jax.data import conversation
 from llava_jax.data import image as image_lib
 from llava_jax.data import tokenize
@@ -52,7 +52,7 @@ class PromptSettings:
 def settings_from_data_config(data_cfg) -> PromptSettings:
   """The settings of a training config's `data` part; fields it lacks (older workdirs) take the
   schema's defaults."""
-  defaults = common.data_config()
+  defaults = schema.data_config()
   get = lambda key: data_cfg[key] if key in data_cfg else defaults[key]
   template, system = get("template"), get("system_prompt")
   return PromptSettings(template, get("image_placement"),
@@ -61,7 +61,7 @@ def settings_from_data_config(data_cfg) -> PromptSettings:
 
 def default_settings() -> PromptSettings:
   """What a model without stored settings gets: the schema's defaults (vicuna_v1, front)."""
-  return settings_from_data_config(common.data_config())
+  return settings_from_data_config(schema.data_config())
 
 
 def write_settings(directory, settings: PromptSettings) -> None:

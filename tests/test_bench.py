@@ -10,10 +10,10 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from configs import common
 from configs import finetune
 from llava_jax import bench
 from llava_jax import flops
+from llava_jax.config import schema
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "launch", "bench_gpu.sh")
@@ -22,8 +22,8 @@ _SCRIPT = os.path.join(_ROOT, "launch", "bench_gpu.sh")
 class SyntheticBatchTest(absltest.TestCase):
 
   def test_follows_the_batch_contract(self):
-    cfg = common.model_config("tiny")
-    n = common.num_image_tokens(cfg)
+    cfg = schema.model_config("tiny")
+    n = schema.num_image_tokens(cfg)
     b = bench.synthetic_batch(cfg, batch_size=3, seq_len=200, images_per_row=2, fill=0.8)
     self.assertEqual({k: v.dtype for k, v in b.items()},
                      dict(input_ids=np.int32, labels=np.int32, segment_ids=np.int32,
@@ -45,7 +45,7 @@ class SyntheticBatchTest(absltest.TestCase):
 
   def test_rejects_rows_too_short_for_the_images(self):
     with self.assertRaisesRegex(ValueError, "cannot hold"):
-      bench.synthetic_batch(common.model_config("tiny"), batch_size=1, seq_len=64,
+      bench.synthetic_batch(schema.model_config("tiny"), batch_size=1, seq_len=64,
                             images_per_row=1)
 
 
@@ -80,7 +80,7 @@ class BenchmarkTest(absltest.TestCase):
   def test_flops_and_mfu_follow_the_accounting(self):
     r = self.result
     expected = flops.train_step_flops(
-        common.model_config("tiny"), batch_size=8, seq_len=96, images_per_row=1,
+        schema.model_config("tiny"), batch_size=8, seq_len=96, images_per_row=1,
         image_tokens=64, train_llm=True, train_projector=True)
     self.assertEqual(r["flops_per_step"], expected.as_dict())
     achieved = expected.total / r["step_time_s"] / 8
@@ -171,7 +171,7 @@ class GpuScriptTest(absltest.TestCase):
     # Stage 1: the frozen decoder costs forward + input gradient (4·N·T), not 6·N·T.
     self.assertEqual(stage1["flops_per_step"]["llm_matmul"],
                      2 * stage1["batch_size"] * stage1["seq_len"]
-                     * flops.decoder_flops_per_token(common.model_config("tiny").llm))
+                     * flops.decoder_flops_per_token(schema.model_config("tiny").llm))
 
 
 if __name__ == "__main__":

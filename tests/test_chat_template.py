@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 import transformers
 
-from configs import common
 from llava_jax import prompting
+from llava_jax.config import schema
 from llava_jax.convert import exporter
 from llava_jax.convert import sources
 from llava_jax.data import tokenize
@@ -67,7 +67,7 @@ class ChatTemplateTest(parameterized.TestCase):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
     cls.ours = tiny.write_model_dir(cls.tmp / "ours")
-    cls.cfg = common.model_config("tiny")
+    cls.cfg = schema.model_config("tiny")
     cls.exported = {}
     for name, settings in SETTINGS.items():
       prompting.write_settings(cls.ours, settings)
@@ -82,7 +82,7 @@ class ChatTemplateTest(parameterized.TestCase):
   def encoder(self, settings):
     return prompting.PromptEncoder(
         tokenize.load_tokenizer(str(self.ours / "tokenizer")),
-        image_token_id=self.cfg.image_token_id, num_image_tokens=common.num_image_tokens(self.cfg),
+        image_token_id=self.cfg.image_token_id, num_image_tokens=schema.num_image_tokens(self.cfg),
         image_size=self.cfg.vision.image_size, image_aspect="crop", context_len=512,
         settings=settings)
 

@@ -8,7 +8,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from configs import finetune
-from llava_jax import config_check
+from llava_jax.config import check as config_check
 
 _ROOT = pathlib.Path(__file__).absolute().parents[1]
 _FINETUNE = str(_ROOT / "configs" / "finetune.py")

@@ -10,7 +10,7 @@ from absl.testing import absltest
 import numpy as np
 from transformers import AutoTokenizer
 
-from configs import common
+from llava_jax.config import schema
 from llava_jax.data import demo
 from llava_jax.data import image as image_lib
 from llava_jax.data import validate
@@ -78,8 +78,8 @@ class ShippedDemoTest(absltest.TestCase):
     self.assertEqual({t: tok.convert_tokens_to_ids(t) for t in expected}, expected)
     self.assertEqual((tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id),
                      (0, 1, 2, 3))
-    self.assertLessEqual(len(tok), common.model_config("tiny").llm.vocab_size)
-    self.assertEqual(common.model_config("tiny").image_token_id, 4)
+    self.assertLessEqual(len(tok), schema.model_config("tiny").llm.vocab_size)
+    self.assertEqual(schema.model_config("tiny").image_token_id, 4)
     ids = tok("<image>\nHow many trees are there?").input_ids
     self.assertEqual(ids[:2], [1, 4])
     self.assertEqual(tok.decode(ids[2:]).strip(), "How many trees are there?")

@@ -4,10 +4,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 
-from configs import common
 from configs import finetune
 from llava_jax import bench
 from llava_jax import flops
+from llava_jax.config import schema
 
 # The tiny preset, by hand.
 # Decoder (D=128, L=4, H=4, KV=2, Dh=32, F=352, V=2048), weights per layer:
@@ -29,7 +29,7 @@ class FlopsTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tiny = common.model_config("tiny")
+    cls.tiny = schema.model_config("tiny")
 
   def test_tiny_parts_by_hand(self):
     self.assertEqual(flops.decoder_flops_per_token(self.tiny.llm), 2 * TINY_DECODER_WEIGHTS)
@@ -66,7 +66,7 @@ class FlopsTest(parameterized.TestCase):
 
   def test_vicuna_7b_counts_llama2_7b_weights(self):
     # LLaMA-2-7B has 6.74e9 weights; the matmuls are all but the input embedding.
-    llm = common.model_config("llava15_7b").llm
+    llm = schema.model_config("llava15_7b").llm
     weights = flops.decoder_flops_per_token(llm) / 2 + llm.vocab_size * llm.dim
     self.assertAlmostEqual(weights / 6.74e9, 1.0, delta=0.002)
 

@@ -13,12 +13,12 @@ from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 
-from configs import common
 from data_samples import BAD
 from data_samples import good_records
 from data_samples import qa
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
+from llava_jax.config import schema
 from llava_jax.data import pipeline
 from llava_jax.data import records
 from llava_jax.data import validate
@@ -55,7 +55,7 @@ class HostileDataTest(parameterized.TestCase):
     cls.good = good_records(5)
     cls.path = os.path.join(cls.dir, "hostile.jsonl")
     write_jsonl(cls.path, cls.good[:3] + [e for e, _ in ALL.values()] + cls.good[3:])
-    cls.model = common.model_config("tiny")
+    cls.model = schema.model_config("tiny")
 
   @classmethod
   def tearDownClass(cls):
@@ -63,7 +63,7 @@ class HostileDataTest(parameterized.TestCase):
     super().tearDownClass()
 
   def data(self, **overrides):
-    d = common.data_config()
+    d = schema.data_config()
     d.update(dict(path=self.path, image_dir=self.images, max_len=128, num_workers=0))
     d.update(overrides)
     return d
@@ -183,7 +183,7 @@ class FileLevelTest(absltest.TestCase):
       path = os.path.join(self.dir, name)
       with open(path, "w") as f:
         f.write(text)
-      data = common.data_config()
+      data = schema.data_config()
       data.update(dict(path=path, image_dir=self.images))
       with self.assertRaisesRegex(validate.EmptyDataError, f"{name}.*no records"):
         validate.check(data)

@@ -11,10 +11,10 @@ from absl.testing import absltest
 import ml_collections
 import numpy as np
 
-from configs import common
 from data_samples import qa
 from data_samples import write_images
 from data_samples import write_jsonl
+from llava_jax.config import schema
 from llava_jax.data import inspect
 from llava_jax.data import tokenize
 
@@ -34,8 +34,8 @@ class InspectTest(absltest.TestCase):
         qa("with_image", "What is red? <image>", "The ball is red.", image="img0.png"),
         qa("broken", "<image>\nWhat?", image="missing.png"),
     ])
-    cls.config = ml_collections.ConfigDict({"seed": 0, "model": common.model_config("tiny"),
-                                            "data": common.data_config()})
+    cls.config = ml_collections.ConfigDict({"seed": 0, "model": schema.model_config("tiny"),
+                                            "data": schema.data_config()})
     cls.config.data.update(path=cls.path, image_dir=cls.dir, max_len=128)
 
   @classmethod

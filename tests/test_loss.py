@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
 from llava_jax import model as model_lib
+from llava_jax.config import schema
 from llava_jax.train import loss
 
 
@@ -85,9 +85,9 @@ class ModelLossTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cfg = common.model_config("tiny")
+    cfg = schema.model_config("tiny")
     cls.model = model_lib.build(cfg)
-    n = common.num_image_tokens(cfg)
+    n = schema.num_image_tokens(cfg)
     rng = np.random.default_rng(0)
     ids = rng.integers(5, cfg.llm.vocab_size, (2, 96)).astype(np.int32)
     ids[:, 1:1 + n] = cfg.image_token_id

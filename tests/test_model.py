@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
 from llava_jax import model as model_lib
 from llava_jax import sharding
+from llava_jax.config import schema
 from llava_jax.model import llava as llava_lib
 import tiny
 
@@ -28,7 +28,7 @@ def small_cfg(**llm):
 
 def batch(cfg, rng, t_text=12):
   """Row 0: two images; row 1: left padding + one image; row 2: text only, right padding."""
-  n = common.num_image_tokens(cfg)
+  n = schema.num_image_tokens(cfg)
   t = 2 * n + t_text
   ids = rng.integers(5, cfg.llm.vocab_size, (3, t)).astype(np.int32)
   seg = np.ones((3, t), np.int32)
@@ -110,7 +110,7 @@ class ModelTest(parameterized.TestCase):
     embeds = self.apply(self.params, self.ids, self.pixels, method=llava_lib.Llava.embed)
     images = self.apply(self.params, self.pixels, method=llava_lib.Llava.encode_images)
     text = self.apply(self.params, self.ids, None, method=llava_lib.Llava.embed)
-    n = common.num_image_tokens(self.cfg)
+    n = schema.num_image_tokens(self.cfg)
     np.testing.assert_array_equal(embeds[0, 1:1 + n], images[0, 0])
     np.testing.assert_array_equal(embeds[0, 3 + n:3 + 2 * n], images[0, 1])
     np.testing.assert_array_equal(embeds[1, 6:6 + n], images[1, 0])
@@ -260,7 +260,7 @@ class StructureTest(parameterized.TestCase):
 
   @parameterized.parameters("tiny", "llava_v1_7b", "llava15_7b", "llava15_13b")
   def test_presets_build_with_the_expected_size(self, preset):
-    cfg = common.model_config(preset)
+    cfg = schema.model_config(preset)
     model = model_lib.build(cfg)
     s = cfg.vision.image_size
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32),

@@ -91,8 +91,7 @@ class WheelTest(absltest.TestCase):
     # setuptools builds in the source tree (build/, *.egg-info): build from a copy.
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for part in ("llava_jax", "configs"):
-      shutil.copytree(REPO / part, src / part, ignore=ignore)
+    shutil.copytree(REPO / "llava_jax", src / "llava_jax", ignore=ignore)
     for part in ("pyproject.toml", "README.md"):
       shutil.copy(REPO / part, src / part)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
@@ -107,6 +106,8 @@ class WheelTest(absltest.TestCase):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(site), str(wheel)], check=True, capture_output=True, timeout=300)
     probe = ("import llava_jax, llava_jax.api, llava_jax.main\n"
+             "from llava_jax.config import schema, training\n"
+             "schema.model_config('llava15_7b'), training.MODEL_FOR_PRESET\n"
              "from llava_jax.datagen import flan, prompts\n"
              "assert llava_jax.__file__.startswith(%r), llava_jax.__file__\n"
              "prompts.load('conv')\n"

@@ -9,12 +9,12 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
-from configs import common
 from data_samples import BAD
 from data_samples import good_records
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
 from llava_jax import model as model_lib
+from llava_jax.config import schema
 from llava_jax.data import pipeline
 from llava_jax.data import tokenize
 from llava_jax.train import loss as loss_lib
@@ -30,7 +30,7 @@ class PackingTest(parameterized.TestCase):
     good = good_records(12)
     # Skip markers between good samples: packing must count and drop them as batching does.
     write_jsonl(cls.path, good[:5] + [e for e, _ in list(BAD.values())[:3]] + good[5:])
-    cls.model_cfg = common.model_config("tiny")
+    cls.model_cfg = schema.model_config("tiny")
     cls.model = model_lib.build(cls.model_cfg)
 
   @classmethod
@@ -39,7 +39,7 @@ class PackingTest(parameterized.TestCase):
     super().tearDownClass()
 
   def data(self, **overrides):
-    d = common.data_config()
+    d = schema.data_config()
     d.path = self.path
     d.image_dir = self.images
     d.max_len = 256

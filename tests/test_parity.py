@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import transformers
 
-from configs import common
 from llava_jax import model as model_lib
+from llava_jax.config import schema
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.model import vision as vision_lib
@@ -73,7 +73,7 @@ def state_dict(model) -> dict[str, np.ndarray]:
 
 def make_batch(cfg, rng):
   """3 rows: two images + text; left-padded one image; right-padded text only."""
-  n = common.num_image_tokens(cfg)
+  n = schema.num_image_tokens(cfg)
   t = 2 * n + 12
   ids = rng.integers(6, cfg.llm.vocab_size, (3, t)).astype(np.int32)
   seg = np.ones((3, t), np.int32)
@@ -231,7 +231,7 @@ class ParityTest(parameterized.TestCase):
       hf_config.to_hf(self.cases["gqa_linear_layer-1_clspatch"][1])
 
   def test_llava15_7b_parameter_count_matches_transformers(self):
-    cfg = common.model_config("llava15_7b")
+    cfg = schema.model_config("llava15_7b")
     ours = sum(int(np.prod(s)) for s in hf.param_shapes(cfg).values())
     with torch.device("meta"):
       reference = transformers.LlavaForConditionalGeneration(hf_config.to_hf(cfg))

@@ -12,13 +12,13 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 
-from configs import common
 from data_samples import BAD
 from data_samples import LONG
 from data_samples import good_records
 from data_samples import qa
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
+from llava_jax.config import schema
 from llava_jax.data import image
 from llava_jax.data import pipeline
 from llava_jax.data import records
@@ -44,8 +44,8 @@ class PipelineTest(parameterized.TestCase):
     cls.clean = os.path.join(cls.dir, "clean.json")
     with open(cls.clean, "w") as f:
       json.dump(cls.good, f)
-    cls.model = common.model_config("tiny")
-    cls.tok = tokenize.load_tokenizer(os.path.join(common.DEMO_DIR, "tokenizer"))
+    cls.model = schema.model_config("tiny")
+    cls.tok = tokenize.load_tokenizer(os.path.join(schema.DEMO_DIR, "tokenizer"))
 
   @classmethod
   def tearDownClass(cls):
@@ -53,7 +53,7 @@ class PipelineTest(parameterized.TestCase):
     super().tearDownClass()
 
   def data(self, path=None, **overrides):
-    d = common.data_config()
+    d = schema.data_config()
     d.path = path or self.mixed
     d.image_dir = self.images
     d.max_len = 128

@@ -9,12 +9,12 @@ import sys
 from absl.testing import absltest
 import numpy as np
 
-from configs import common
 from data_samples import BAD
 from data_samples import good_records
 from data_samples import qa
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
+from llava_jax.config import schema
 from llava_jax.data import pipeline
 from llava_jax.data import prepare
 from llava_jax.data import shards
@@ -34,7 +34,7 @@ class PrepareTest(absltest.TestCase):
     write_jsonl(cls.jsonl, entries)
     cls.out = os.path.join(cls.dir, "prepared")
     cls.info = prepare.prepare(cls.jsonl, cls.images, cls.out, num_shards=3)
-    cls.model = common.model_config("tiny")
+    cls.model = schema.model_config("tiny")
 
   @classmethod
   def tearDownClass(cls):
@@ -42,7 +42,7 @@ class PrepareTest(absltest.TestCase):
     super().tearDownClass()
 
   def data(self, path):
-    d = common.data_config()
+    d = schema.data_config()
     d.path, d.image_dir, d.max_len, d.num_workers = path, self.images, 128, 0
     return d
 

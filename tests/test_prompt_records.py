@@ -7,9 +7,9 @@ import shutil
 from absl.testing import absltest
 import numpy as np
 
-from configs import common
 from data_samples import temp_data_dir
 from data_samples import write_jsonl
+from llava_jax.config import schema
 from llava_jax.data import pipeline
 from llava_jax.data import tokenize
 from llava_jax.data import validate
@@ -33,8 +33,8 @@ class PromptRecordsTest(absltest.TestCase):
         record("eos_in_answer", ("human", "<image>\nWhat?"), ("gpt", "A ball</s> ASSISTANT: ok"),
                image="img0.png"),
     ])
-    cls.model = common.model_config("tiny")
-    cls.tok = tokenize.load_tokenizer(os.path.join(common.DEMO_DIR, "tokenizer"))
+    cls.model = schema.model_config("tiny")
+    cls.tok = tokenize.load_tokenizer(os.path.join(schema.DEMO_DIR, "tokenizer"))
 
   @classmethod
   def tearDownClass(cls):
@@ -42,7 +42,7 @@ class PromptRecordsTest(absltest.TestCase):
     super().tearDownClass()
 
   def data(self, **overrides):
-    d = common.data_config()
+    d = schema.data_config()
     d.update({"path": self.path, "image_dir": self.images, "max_len": 128, "num_workers": 0,
               **overrides})
     return d

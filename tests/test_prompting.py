@@ -9,9 +9,9 @@ from absl.testing import absltest
 import ml_collections
 import numpy as np
 
-from configs import common
 import llava_jax
 from llava_jax import prompting
+from llava_jax.config import schema
 from llava_jax.data import conversation
 from llava_jax.data import tokenize
 import tiny
@@ -24,8 +24,8 @@ class PromptEncoderTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.cfg = common.model_config("tiny")
-    cls.tok = tokenize.load_tokenizer(f"{common.DEMO_DIR}/tokenizer")
+    cls.cfg = schema.model_config("tiny")
+    cls.tok = tokenize.load_tokenizer(f"{schema.DEMO_DIR}/tokenizer")
 
   def encoder(self, settings=None):
     return prompting.PromptEncoder(
@@ -99,7 +99,7 @@ class StoredSettingsTest(absltest.TestCase):
         "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi? [/INST]", add_special_tokens=False))
 
   def test_workdir_settings_come_from_its_config(self):
-    data = common.data_config()
+    data = schema.data_config()
     data.update(template="llama_2", image_placement="random", system_prompt="Sys.")
     self.assertEqual(prompting.settings_from_data_config(data),
                      prompting.PromptSettings("llama_2", "random", "Sys."))

@@ -11,7 +11,7 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from configs import common
+from llava_jax.config import schema
 from llava_jax.data import records
 from llava_jax.data import validate
 
@@ -119,13 +119,13 @@ class ValidateTest(absltest.TestCase):
     self.assertIn("unknown_role", kinds)
 
   def test_check_from_data_config(self):
-    cfg = common.data_config()
+    cfg = schema.data_config()
     cfg.path, cfg.image_dir, cfg.on_error = self.data, self.images, "strict"
     with self.assertRaisesRegex(records.RecordError, "missing_file"):
       validate.check(cfg)
     cfg.on_error = "skip"
     with self.assertLogs(level="WARNING") as logs:
-      report = validate.check(cfg, common.model_config("tiny"))
+      report = validate.check(cfg, schema.model_config("tiny"))
     self.assertIn("missing_image", "\n".join(logs.output))
     # Start-up check does not decode: the GIF named .jpg and the truncated JPEG pass it.
     self.assertNotIn("format_mismatch", report.counts())
@@ -134,7 +134,7 @@ class ValidateTest(absltest.TestCase):
     self.assertIsNone(validate.check(cfg))
 
   def test_check_passes_the_demo_defaults(self):
-    report = validate.check(common.data_config(), decode_images=True)
+    report = validate.check(schema.data_config(), decode_images=True)
     self.assertTrue(report.clean)
 
   def test_cli_strict_exits_nonzero_and_lists_every_record(self):

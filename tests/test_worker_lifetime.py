@@ -14,11 +14,11 @@ REPO = pathlib.Path(__file__).absolute().parents[1]
 _TRAINER = """
 import sys, time
 from absl import flags
-from configs import common
+from llava_jax.config import schema
 from llava_jax.data import pipeline
-data = common.data_config()
+data = schema.data_config()
 data.num_workers = 2
-it = pipeline.make_train_iterator(data, common.model_config("tiny"), global_batch_size=2, seed=0)
+it = pipeline.make_train_iterator(data, schema.model_config("tiny"), global_batch_size=2, seed=0)
 next(it)
 print("ready", flush=True)
 time.sleep(600)

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 import transformers
 
-from configs import common
 from configs import finetune
 from configs import finetune_lora
 from configs import pretrain
 from llava_jax import model as model_lib
+from llava_jax.config import schema
 from llava_jax.convert import model_dir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ HF_TEXT = dict(vocab_size=1088, hidden_size=48, intermediate_size=96, num_hidden
 
 def model_config(image_size: int | None = None, **llm) -> ml_collections.ConfigDict:
   """The "tiny" preset; `image_size=32` gives 16-token images, `llm` overrides decoder fields."""
-  cfg = common.model_config("tiny")
+  cfg = schema.model_config("tiny")
   if image_size is not None:
     cfg.vision.image_size = image_size
   cfg.llm.update(llm)

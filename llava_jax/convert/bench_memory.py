@@ -22,7 +22,7 @@ from absl import flags
 import ml_dtypes
 import numpy as np
 
-from configs import common
+from llava_jax.config import schema
 from llava_jax.convert import exporter
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 def _define_flags():
   """Flags exist only when this module is the program, so tests and tools can import it."""
   flags.DEFINE_string("workdir", "/tmp/llava_convert_bench", "Scratch directory.")
-  flags.DEFINE_string("preset", "llava15_7b", "Model preset (configs/common.py).")
+  flags.DEFINE_string("preset", "llava15_7b", "Model preset (llava_jax/config/schema.py).")
   flags.DEFINE_integer("llm_dim", None, "Override: decoder width (heads = dim / 128).")
   flags.DEFINE_integer("llm_layers", None, "Override: decoder depth.")
   flags.DEFINE_integer("llm_mlp", None, "Override: decoder MLP width.")
@@ -42,7 +42,7 @@ def _define_flags():
 
 
 def _model_cfg():
-  model_cfg = common.model_config(FLAGS.preset)
+  model_cfg = schema.model_config(FLAGS.preset)
   if FLAGS.llm_dim:
     model_cfg.llm.dim = FLAGS.llm_dim
     model_cfg.llm.heads = model_cfg.llm.kv_heads = FLAGS.llm_dim // 128

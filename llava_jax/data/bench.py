@@ -19,7 +19,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from configs import common
+from llava_jax.config import schema
 from llava_jax.data import pipeline
 from llava_jax.data import records
 
@@ -39,7 +39,7 @@ def make_bench_data(directory: str, num_images: int = 32, seed: int = 0) -> str:
   for i in range(num_images):
     Image.fromarray(_photo_like(rng, 480, 640)).save(os.path.join(directory, f"{i}.jpg"),
                                                      quality=90)
-  demo = [r.data for r in records.read_records(os.path.join(common.DEMO_DIR, "finetune.json"))]
+  demo = [r.data for r in records.read_records(os.path.join(schema.DEMO_DIR, "finetune.json"))]
   out = []
   for i, rec in enumerate(demo):
     rec = dict(rec)
@@ -67,22 +67,22 @@ def measure(data_cfg, model_cfg, batch: int, batches: int) -> float:
 
 
 def run(image_size: int, workers: list[int], batch: int, batches: int) -> list[dict]:
-  model = common.model_config("tiny")
+  model = schema.model_config("tiny")
   model.vision.image_size = image_size
   model.vision.patch_size = 14 if image_size % 14 == 0 else model.vision.patch_size
   directory = tempfile.mkdtemp()
   try:
-    data = common.data_config()
+    data = schema.data_config()
     data.path = make_bench_data(directory)
     data.image_dir = directory
-    data.max_len = common.num_image_tokens(model) + 256
+    data.max_len = schema.num_image_tokens(model) + 256
     results = []
     for n in workers:
       data.num_workers = n
       rate = measure(data, model, batch, batches)
       results.append({"image_size": image_size, "workers": n, "samples_per_s": round(rate, 1)})
       print(f"{image_size} px, {n} worker(s): {rate:7.1f} samples/s  (batch {batch}, "
-            f"{common.num_image_tokens(model)} image tokens, max_len {data.max_len})", flush=True)
+            f"{schema.num_image_tokens(model)} image tokens, max_len {data.max_len})", flush=True)
     return results
   finally:
     shutil.rmtree(directory)

@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 
 from llava_jax import checkpoint
-from llava_jax import config_check
 from llava_jax import sharding
+from llava_jax.config import check as config_check
 from llava_jax.model import splash
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import resume

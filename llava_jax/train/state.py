@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import common
 from llava_jax import model as model_lib
 from llava_jax import sharding
+from llava_jax.config import schema
 from llava_jax.train import optimizer
 
 
@@ -40,7 +40,7 @@ class TrainState:
 
 def init_inputs(model_cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
   """Smallest inputs that touch every parameter: one image's worth of image tokens."""
-  num_tokens = common.num_image_tokens(model_cfg)
+  num_tokens = schema.num_image_tokens(model_cfg)
   size = model_cfg.vision.image_size
   input_ids = jnp.full((1, num_tokens), model_cfg.image_token_id, jnp.int32)
   pixels = jnp.zeros((1, 1, size, size, 3), jnp.float32)

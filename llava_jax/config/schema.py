@@ -1,7 +1,7 @@
-"""Shared config pieces: model presets, data, mesh and sharding defaults.
+"""The config schema's shared pieces: model presets, data, mesh and sharding defaults.
 
-Stage configs (`pretrain.py`, `finetune.py`) assemble these into one locked
-ConfigDict. Every default lives here or in the stage file, never in code.
+`training.stage_config` assembles these into one locked ConfigDict, and the recipes in the
+checkout's `configs/` pick values. Every default lives here or in `training.py`, never in code.
 """
 
 import os
@@ -82,7 +82,9 @@ def mesh_config() -> ml_collections.ConfigDict:
 
 
 # The demo dataset ships in the repository; absolute paths keep the defaults usable from any cwd.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# They point into the checkout (llava_jax/config/ is two levels below it); an installed wheel has no
+# demo set, so runs from one set data.path, data.image_dir and data.tokenizer.
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_DIR = os.path.join(_REPO_ROOT, "data", "demo")
 
 

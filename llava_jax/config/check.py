@@ -81,7 +81,7 @@ def _projector(value) -> str | None:
 
 
 # field path -> check(value) -> None or what is allowed. Fields absent from a config are skipped
-# (a notebook may build a partial one); every field here is in configs/training.py's schema.
+# (a notebook may build a partial one); every field here is in config/training.py's schema.
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "seed": _int_at_least(0),
     "model.dtype": _one_of(DTYPES),
@@ -160,7 +160,9 @@ def check(config: ml_collections.ConfigDict) -> None:
 # ---------------------------------------------------------------- the command line
 
 
-def _load_config_file(path: str):
+def load_config_file(path: str):
+  """The recipe module at `path` (its `get_config(preset)` builds the config), loaded by path as
+  ml_collections' config flags do, so the checkout's `configs/` need not be importable."""
   spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -185,7 +187,7 @@ def command_line_problem(argv: list[str], default_file: str) -> str | None:
   path, _, preset = config_arg.partition(":")
   if not pathlib.Path(path).is_file():
     return f"--config={config_arg}: no config file {path!r}"
-  module = _load_config_file(path)
+  module = load_config_file(path)
   presets = getattr(module, "RECIPES", None)
   if preset and presets is not None and preset not in presets:
     return (f"--config={config_arg}: unknown preset {preset!r}; {path} has presets "

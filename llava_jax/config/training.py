@@ -1,14 +1,15 @@
 """What both LLaVA training stages share: the config skeleton and the per-preset model choices.
 
-`pretrain.py` and `finetune.py` call `stage_config(...)` with their recipe (learning rate, batch,
-epochs, data, which parameters train, where they start from); everything else defaults here.
+The recipes (`configs/pretrain.py`, `finetune.py`, `finetune_lora.py`) call `stage_config(...)`
+with their choices (learning rate, batch, epochs, data, which parameters train, where they start
+from); everything else defaults here.
 """
 
 import ml_collections
 
-from configs import common
+from llava_jax.config import schema
 
-# Stage-config preset → model preset in configs/common.py:MODEL_PRESETS.
+# Stage-config preset → model preset in schema.py:MODEL_PRESETS.
 MODEL_FOR_PRESET = {
     "demo": "tiny",
     "llava_v1_7b": "llava_v1_7b",
@@ -21,19 +22,19 @@ PRESETS = tuple(MODEL_FOR_PRESET)
 def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
                  trainable: tuple[str, ...], data: dict, steps: int = 0,
                  params_from: str = "", projector_from: str = "") -> ml_collections.ConfigDict:
-  """One locked-ready training config. `data` overrides fields of `common.data_config()`."""
+  """One locked-ready training config. `data` overrides fields of `schema.data_config()`."""
   if preset not in MODEL_FOR_PRESET:
     raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
   demo = preset == "demo"
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.model = common.model_config(MODEL_FOR_PRESET[preset])
+  c.model = schema.model_config(MODEL_FOR_PRESET[preset])
   if not demo:
     c.model.dtype = "bfloat16"   # LLaVA trains in bf16; master weights stay float32.
     c.model.remat = "full"       # LLaVA's gradient_checkpointing=True.
 
-  c.data = common.data_config()
+  c.data = schema.data_config()
   c.data.update(data)
   # Every demo sample fits in 192 tokens (64 image tokens + text); LLaVA's recipe is 2048.
   c.data.max_len = 192 if demo else 2048
@@ -87,7 +88,7 @@ def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
   # with a warning; true refuses instead.
   c.checkpoint.strict_restore = False
 
-  c.mesh = common.mesh_config()
+  c.mesh = schema.mesh_config()
   if not demo:
     c.mesh.data, c.mesh.fsdp = 1, -1   # 7B/13B: shard params and optimizer state (ZeRO-3).
 
