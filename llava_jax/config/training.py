@@ -5,6 +5,8 @@ with their choices (learning rate, batch, epochs, data, which parameters train, 
 from); everything else defaults here.
 """
 
+import dataclasses
+
 import ml_collections
 
 from llava_jax.config import schema
@@ -19,10 +21,26 @@ MODEL_FOR_PRESET = {
 PRESETS = tuple(MODEL_FOR_PRESET)
 
 
-def stage_config(preset: str, *, lr: float, batch_size: int, epochs: int,
-                 trainable: tuple[str, ...], data: dict, steps: int = 0,
-                 params_from: str = "", projector_from: str = "") -> ml_collections.ConfigDict:
-  """One locked-ready training config. `data` overrides fields of `schema.data_config()`."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe:
+  """What one preset of a stage sets, by name (LLaVA's scripts' values for the big presets)."""
+  lr: float                        # peak learning rate
+  batch_size: int                  # global
+  epochs: int
+  data_path: str                   # LLaVA JSON / JSONL, or a `data.prepare` directory
+  image_dir: str                   # the records' `image` fields are relative to this folder
+  image_aspect: str | None = None  # None: the data schema's default
+
+
+def stage_config(preset: str, recipe: Recipe, *, trainable: tuple[str, ...], data: dict,
+                 steps: int = 0, params_from: str = "",
+                 projector_from: str = "") -> ml_collections.ConfigDict:
+  """One locked-ready training config from `recipe`; `data` overrides more fields of
+  `schema.data_config()` (the stage's template, say)."""
+  lr, batch_size, epochs = recipe.lr, recipe.batch_size, recipe.epochs
+  data = dict(data, path=recipe.data_path, image_dir=recipe.image_dir)
+  if recipe.image_aspect is not None:
+    data["image_aspect"] = recipe.image_aspect
   if preset not in MODEL_FOR_PRESET:
     raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
   demo = preset == "demo"
