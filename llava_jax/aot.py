@@ -200,10 +200,10 @@ def compile_generate(config, tpu_slice: Slice, devices, *, batch: int, prompt_le
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from llava_jax import generate  # pylint: disable=g-import-not-at-top
   from llava_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from llava_jax import sampling  # pylint: disable=g-import-not-at-top
   from llava_jax import sharding  # pylint: disable=g-import-not-at-top
+  from llava_jax.infer import generate  # pylint: disable=g-import-not-at-top
+  from llava_jax.infer import sampling  # pylint: disable=g-import-not-at-top
   config = unrolled(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   module = model_lib.build(config.model, model_lib.platform_of(devices))

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax import generate
 from llava_jax import model as model_lib
 from llava_jax.config import schema
+from llava_jax.infer import generate
 
 FLAGS = flags.FLAGS
 

@@ -22,7 +22,7 @@ from absl import flags
 import httpx
 import numpy as np
 
-from llava_jax import prompting
+from llava_jax.infer import prompting
 
 DEMO_IMAGE = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo" / "images" / (
     "outdoor_000.jpg")

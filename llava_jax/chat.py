@@ -21,7 +21,7 @@ from llava_jax import quiet
 
 quiet.install()   # before prompting imports transformers
 
-from llava_jax import prompting  # noqa: E402
+from llava_jax.infer import prompting  # noqa: E402
 
 _HELP = "commands: /image PATH  (new image, new conversation)   /reset   /quit"
 
@@ -37,10 +37,10 @@ def load_for_chat(ckpt: str | None, adapter: str | None = None):
   for path in (ckpt, adapter):
     if path and not os.path.exists(path):
       raise ChatError(f"checkpoint not found: {path}")
-  import llava_jax.api  # deferred: loading pulls in the whole model stack
+  import llava_jax.infer.api  # deferred: loading pulls in the whole model stack
 
   try:
-    return llava_jax.api.load(ckpt, adapter=adapter)
+    return llava_jax.infer.api.load(ckpt, adapter=adapter)
   except (FileNotFoundError, ValueError) as e:
     raise ChatError(f"cannot load checkpoint {ckpt}{f' with adapter {adapter}' if adapter else ''}"
                     f": {e}") from None

@@ -15,11 +15,11 @@ import numpy as np
 from PIL import Image
 import transformers
 
-from llava_jax import prompting
 from llava_jax.config import schema
 from llava_jax.convert import exporter
 from llava_jax.convert import sources
 from llava_jax.data import tokenize
+from llava_jax.infer import prompting
 import tiny
 
 IMAGE = np.zeros((40, 56, 3), np.uint8)

@@ -404,7 +404,7 @@ class RealServerTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    from llava_jax import api
+    from llava_jax.infer import api
     from llava_jax.serving import app as serving
     cls.tmp = tempfile.mkdtemp()
     model = api.load(tiny.write_model_dir(os.path.join(cls.tmp, "model")))

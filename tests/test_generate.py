@@ -13,9 +13,9 @@ import torch
 
 import llava_hf_fixtures as fx
 import llava_jax
-from llava_jax import generate
-from llava_jax import prompting
 from llava_jax import sharding
+from llava_jax.infer import generate
+from llava_jax.infer import prompting
 from llava_jax.model import llama
 
 N = (fx.IMAGE_SIZE // fx.PATCH_SIZE) ** 2   # image tokens per image

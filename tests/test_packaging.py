@@ -105,7 +105,7 @@ class WheelTest(absltest.TestCase):
     site = tmp / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(site), str(wheel)], check=True, capture_output=True, timeout=300)
-    probe = ("import llava_jax, llava_jax.api, llava_jax.main\n"
+    probe = ("import llava_jax, llava_jax.infer.api, llava_jax.main\n"
              "from llava_jax.config import schema, training\n"
              "schema.model_config('llava15_7b'), training.MODEL_FOR_PRESET\n"
              "from llava_jax.datagen import flan, prompts\n"

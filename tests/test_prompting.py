@@ -10,10 +10,10 @@ import ml_collections
 import numpy as np
 
 import llava_jax
-from llava_jax import prompting
 from llava_jax.config import schema
 from llava_jax.data import conversation
 from llava_jax.data import tokenize
+from llava_jax.infer import prompting
 import tiny
 
 IMAGE = np.full((32, 48, 3), 90, np.uint8)

@@ -1,4 +1,4 @@
-"""Tests for llava_jax.sampling: greedy, temperature, top-k, top-p, per-row seeds."""
+"""Tests for llava_jax.infer.sampling: greedy, temperature, top-k, top-p, per-row seeds."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax import sampling
+from llava_jax.infer import sampling
 
 
 def _sample(logits, step=0, **kw):

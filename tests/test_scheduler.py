@@ -1,4 +1,4 @@
-"""Continuous batching (llava_jax.scheduler) gives each request what static generation gives."""
+"""Continuous batching (llava_jax.infer.scheduler) gives each request what static generation gives."""
 
 import pathlib
 import tempfile
@@ -7,8 +7,8 @@ from absl.testing import absltest
 import numpy as np
 
 import llava_hf_fixtures as fx
-from llava_jax import sampling
-from llava_jax import scheduler
+from llava_jax.infer import sampling
+from llava_jax.infer import scheduler
 
 
 def _run(sched: scheduler.SlotScheduler, requests, arrive_at):

@@ -1,9 +1,9 @@
-"""Tests for llava_jax.text_stream: incremental detokenization and stop strings."""
+"""Tests for llava_jax.infer.text_stream: incremental detokenization and stop strings."""
 
 from absl.testing import absltest
 
-from llava_jax import text_stream
 from llava_jax.data.demo import tokenizer as demo_tokenizer
+from llava_jax.infer import text_stream
 
 _TEXTS = ["a cat sits on a red mat near the window", "the dog runs in the park",
           "what is unusual about this image?"] * 20

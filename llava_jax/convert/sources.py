@@ -10,11 +10,11 @@ from typing import Any
 import ml_collections
 import transformers
 
-from llava_jax import prompting
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
 from llava_jax.convert import model_dir
 from llava_jax.convert import tensor_files
+from llava_jax.infer import prompting
 
 
 @dataclasses.dataclass

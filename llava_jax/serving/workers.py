@@ -12,8 +12,8 @@ import threading
 
 import numpy as np
 
-from llava_jax import scheduler as scheduler_lib
-from llava_jax import text_stream
+from llava_jax.infer import scheduler as scheduler_lib
+from llava_jax.infer import text_stream
 from llava_jax.serving import protocol
 
 

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax import sampling
 from llava_jax import sharding
+from llava_jax.infer import sampling
 from llava_jax.model import llama
 
 

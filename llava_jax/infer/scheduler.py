@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llava_jax import generate as generate_lib
-from llava_jax import sampling
+from llava_jax.infer import generate as generate_lib
+from llava_jax.infer import sampling
 
 TOP_LOGPROBS = 20  # the most `top_logprobs` a request may ask for (OpenAI's limit)
 

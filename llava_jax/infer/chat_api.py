@@ -18,10 +18,10 @@ import os
 import jax
 import numpy as np
 
-from llava_jax import generate as generate_lib
-from llava_jax import prompting
-from llava_jax import sampling
-from llava_jax import text_stream
+from llava_jax.infer import generate as generate_lib
+from llava_jax.infer import prompting
+from llava_jax.infer import sampling
+from llava_jax.infer import text_stream
 
 
 def _params_mesh(params):
