@@ -1,4 +1,4 @@
-"""llava_jax.aot: train steps compiled for TPU slices with libtpu, no TPU attached.
+"""llava_jax.bench.aot: train steps compiled for TPU slices with libtpu, no TPU attached.
 
 libtpu is found in `.libtpu/` at the repository root (`.ci/run` installs it there with
 `pip install --target .libtpu "libtpu==0.0.42.*"`) or in $LLAVA_JAX_LIBTPU. Each compile runs in
@@ -15,14 +15,14 @@ import tempfile
 
 from absl.testing import absltest
 
-from llava_jax import aot
+from llava_jax.bench import aot
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBTPU = pathlib.Path(os.environ.get("LLAVA_JAX_LIBTPU", _ROOT / ".libtpu"))
 
 
 def compile_for(topology: str, config: str, *overrides: str) -> dict:
-  """Runs `python -m llava_jax.aot` for `topology` in a subprocess; its JSON result."""
+  """Runs `python -m llava_jax.bench.aot` for `topology` in a subprocess; its JSON result."""
   if not (LIBTPU / "libtpu").is_dir():
     raise AssertionError(f"libtpu not found in {LIBTPU}: "
                          'pip install --target .libtpu "libtpu==0.0.42.*"')
@@ -30,7 +30,7 @@ def compile_for(topology: str, config: str, *overrides: str) -> dict:
     out = os.path.join(tmp, "result.json")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LIBTPU), str(_ROOT)]))
     proc = subprocess.run(
-        [sys.executable, "-m", "llava_jax.aot", f"--config={config}", f"--topology={topology}",
+        [sys.executable, "-m", "llava_jax.bench.aot", f"--config={config}", f"--topology={topology}",
          f"--libtpu={LIBTPU}", f"--out={out}", *overrides],
         check=False, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode:

@@ -1,4 +1,4 @@
-"""Tests for llava_jax/bench.py (and bench_torch.py, launch/bench_gpu.sh) on tiny configs on CPU."""
+"""Tests for llava_jax/bench/train_step.py (and torch_reference.py, launch/bench_gpu.sh) on tiny configs on CPU."""
 
 import json
 import os
@@ -11,8 +11,8 @@ from absl.testing import absltest
 import numpy as np
 
 from configs import finetune
-from llava_jax import bench
-from llava_jax import flops
+from llava_jax.bench import flops
+from llava_jax.bench import train_step
 from llava_jax.config import schema
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ class SyntheticBatchTest(absltest.TestCase):
   def test_follows_the_batch_contract(self):
     cfg = schema.model_config("tiny")
     n = schema.num_image_tokens(cfg)
-    b = bench.synthetic_batch(cfg, batch_size=3, seq_len=200, images_per_row=2, fill=0.8)
+    b = train_step.synthetic_batch(cfg, batch_size=3, seq_len=200, images_per_row=2, fill=0.8)
     self.assertEqual({k: v.dtype for k, v in b.items()},
                      dict(input_ids=np.int32, labels=np.int32, segment_ids=np.int32,
                           positions=np.int32, pixels=np.float32))
@@ -32,7 +32,7 @@ class SyntheticBatchTest(absltest.TestCase):
     is_image = b["input_ids"] == cfg.image_token_id
     np.testing.assert_array_equal(is_image.sum(1), [2 * n] * 3)
     self.assertTrue(is_image[:, 1:1 + 2 * n].all())
-    np.testing.assert_array_equal(b["input_ids"][:, 0], bench.BOS_ID)
+    np.testing.assert_array_equal(b["input_ids"][:, 0], train_step.BOS_ID)
     valid = b["segment_ids"] == 1
     self.assertTrue(set(np.unique(b["segment_ids"])) <= {0, 1})
     self.assertTrue((valid.sum(1) >= 160).all() and (valid.sum(1) <= 200).all())
@@ -45,7 +45,7 @@ class SyntheticBatchTest(absltest.TestCase):
 
   def test_rejects_rows_too_short_for_the_images(self):
     with self.assertRaisesRegex(ValueError, "cannot hold"):
-      bench.synthetic_batch(schema.model_config("tiny"), batch_size=1, seq_len=64,
+      train_step.synthetic_batch(schema.model_config("tiny"), batch_size=1, seq_len=64,
                             images_per_row=1)
 
 
@@ -61,7 +61,7 @@ class BenchmarkTest(absltest.TestCase):
     config = finetune.get_config("demo")
     config.train.batch_size = 8
     config.data.max_len = 96
-    cls.result = bench.benchmark(config, steps=2, warmup=1, fill=0.75, compare_torch=True)
+    cls.result = train_step.benchmark(config, steps=2, warmup=1, fill=0.75, compare_torch=True)
 
   def test_reports_sane_timings_and_throughput(self):
     r = self.result
@@ -100,12 +100,12 @@ class BenchmarkTest(absltest.TestCase):
     self.assertEqual(r["ratio_spread"], [pairs[0], pairs[1]])
 
   def test_result_is_json_and_tabulates(self):
-    text = bench.format_table([json.loads(json.dumps(self.result))])
+    text = train_step.format_table([json.loads(json.dumps(self.result))])
     header, rule, row = text.splitlines()
     self.assertIn("MFU", header)
     self.assertIn("tiny_projector+llm", row)
     self.assertIn("%*", row)   # MFU against a measured peak is marked
-    self.assertIn("step ms", bench.format_result(self.result) + header)
+    self.assertIn("step ms", train_step.format_result(self.result) + header)
 
 
 class PipelineBenchmarkTest(absltest.TestCase):
@@ -115,7 +115,7 @@ class PipelineBenchmarkTest(absltest.TestCase):
     config = finetune.get_config("demo")
     config.train.batch_size = 8
     config.data.update(max_len=256, max_images=4, pack=True, num_workers=0)
-    r = bench.benchmark(config, steps=2, warmup=1, data="pipeline")
+    r = train_step.benchmark(config, steps=2, warmup=1, data="pipeline")
     self.assertEqual(r["data"], "pipeline")
     self.assertGreater(r["samples_per_step"], 8)   # several samples share a row
     self.assertAlmostEqual(r["samples_per_s"], r["samples_per_step"] / r["step_time_s"])
@@ -123,7 +123,7 @@ class PipelineBenchmarkTest(absltest.TestCase):
     self.assertNotIn("torch", r)   # the torch reference runs on synthetic batches only
     self.assertTrue(np.all(np.isfinite(r["losses"])))
     with self.assertRaisesRegex(ValueError, "--fill"):
-      bench.benchmark(config, steps=1, fill=0.5, data="pipeline")
+      train_step.benchmark(config, steps=1, fill=0.5, data="pipeline")
 
 
 class GpuScriptTest(absltest.TestCase):

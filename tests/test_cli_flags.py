@@ -12,11 +12,11 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 CLI_MODULES = (
-    "llava_jax.main", "llava_jax.bench", "llava_jax.bench_generate", "llava_jax.chat",
-    "llava_jax.serve", "llava_jax.webui", "llava_jax.bench_serve", "llava_jax.evaluate",
+    "llava_jax.main", "llava_jax.bench.train_step", "llava_jax.bench.generate", "llava_jax.chat",
+    "llava_jax.serve", "llava_jax.webui", "llava_jax.bench.serve", "llava_jax.evaluate",
     "llava_jax.convert.__main__",
-    "llava_jax.convert.bench_memory", "llava_jax.data.validate", "llava_jax.data.inspect",
-    "llava_jax.data.prepare", "llava_jax.data.bench", "llava_jax.data.demo.__main__",
+    "llava_jax.bench.convert_memory", "llava_jax.data.validate", "llava_jax.data.inspect",
+    "llava_jax.data.prepare", "llava_jax.bench.data_pipeline", "llava_jax.data.demo.__main__",
     "llava_jax.datagen.__main__", "llava_jax.datagen.text",
 )
 

@@ -1,12 +1,12 @@
-"""Tests for llava_jax/flops.py: FLOP counts against numbers worked out by hand, the peak table."""
+"""Tests for llava_jax/bench/flops.py: FLOP counts against numbers worked out by hand, the peak table."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 
 from configs import finetune
-from llava_jax import bench
-from llava_jax import flops
+from llava_jax.bench import flops
+from llava_jax.bench import train_step
 from llava_jax.config import schema
 
 # The tiny preset, by hand.
@@ -89,8 +89,8 @@ class XlaCountTest(absltest.TestCase):
     # XLA's cost analysis counts a scanned layer once, so one layer makes the counts comparable.
     config = finetune.get_config("demo")
     config.model.llm.layers = 1
-    batch = bench.synthetic_batch(config.model, batch_size=4, seq_len=128, images_per_row=0)
-    setup = bench.setup_step(config, devices=jax.devices()[:1])
+    batch = train_step.synthetic_batch(config.model, batch_size=4, seq_len=128, images_per_row=0)
+    setup = train_step.setup_step(config, devices=jax.devices()[:1])
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     compiled = setup.jitted.lower(setup.factory.abstract, abstract_batch,
                                   jax.random.key(0)).compile()

@@ -62,8 +62,8 @@ class DeclaredTest(absltest.TestCase):
                       f"{sorted(names)}), which pyproject.toml does not declare")
 
   def test_library_imports_are_dependencies_or_test_extras(self):
-    # torch is imported only by the parity benchmark (llava_jax/bench_torch.py): a test extra.
-    # libtpu only by `llava_jax.aot` (compiling for TPU without one): the `tpu` extra.
+    # torch is imported only by the parity benchmark (llava_jax/bench/torch_reference.py): a test extra.
+    # libtpu only by `llava_jax.bench.aot` (compiling for TPU without one): the `tpu` extra.
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     declared |= {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["tpu"]}
     self._assert_declared("llava_jax", declared | {"torch"})

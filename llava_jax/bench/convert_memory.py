@@ -1,6 +1,6 @@
 """Peak host memory of `from-hf` and `to-hf` on a large random llava-hf checkpoint.
 
-  python -m llava_jax.convert.bench_memory --workdir=/tmp/convert_bench \
+  python -m llava_jax.bench.convert_memory --workdir=/tmp/convert_bench \
       [--preset=llava15_7b] [--llm_dim=2048 --llm_layers=24 --llm_mlp=5504]
 
 Writes a bfloat16 llava-hf checkpoint of a preset's shapes (default llava15_7b; the --llm_*

@@ -1,6 +1,6 @@
 r"""Open-loop load on the server at 127.0.0.1: static vs continuous batching, side by side.
 
-  python -m llava_jax.bench_serve --ckpt=DIR [--rates=2,4,8] [--requests=32] [--max_tokens=64]
+  python -m llava_jax.bench.serve --ckpt=DIR [--rates=2,4,8] [--requests=32] [--max_tokens=64]
 
 For each rate, requests arrive as a seeded Poisson process (open loop: an arrival does not wait
 for earlier answers; at most --max_in_flight are open, later arrivals wait for one to close, so
@@ -24,7 +24,7 @@ import numpy as np
 
 from llava_jax.infer import prompting
 
-DEMO_IMAGE = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo" / "images" / (
+DEMO_IMAGE = pathlib.Path(__file__).resolve().parents[2] / "data" / "demo" / "images" / (
     "outdoor_000.jpg")
 
 

@@ -1,8 +1,8 @@
 r"""Training-step benchmark: step time, throughput, TFLOP/s and MFU of the real jitted train step.
 
-  python -m llava_jax.bench --config=configs/finetune.py --steps=10
-  python -m llava_jax.bench --config=configs/pretrain.py:llava15_7b --config.model.dtype=bfloat16
-  python -m llava_jax.bench --table bench_results/*.json     # one table from earlier runs
+  python -m llava_jax.bench.train_step --config=configs/finetune.py --steps=10
+  python -m llava_jax.bench.train_step --config=configs/pretrain.py:llava15_7b --config.model.dtype=bfloat16
+  python -m llava_jax.bench.train_step --table bench_results/*.json     # one table from earlier runs
 
 Batches are synthetic (the Batch contract: BOS, the images' tokens, random text, then padding),
 made in numpy, so the benchmark needs neither Grain nor a dataset; `--data=pipeline` instead
@@ -12,8 +12,8 @@ loop's own `train_step`, jitted with the state's shardings and donation as the l
 is the median of `--steps` steps after `--warmup` ones, each blocked until ready. The loss is the
 loop's `train/loss.py:model_loss` (`config.train.loss_chunk_len`, or `--loss_chunk`); text-only
 batches (`--images_per_row=0`) skip the vision tower. Single process. FLOPs follow
-`llava_jax/flops.py` (MaxText's accounting). On CPU the same batch also goes through
-transformers' torch LLaVA step (`llava_jax/bench_torch.py`), alternating with ours step by
+`llava_jax/bench/flops.py` (MaxText's accounting). On CPU the same batch also goes through
+transformers' torch LLaVA step (`llava_jax/bench/torch_reference.py`), alternating with ours step by
 step (ABAB), and the median of the per-pair ratios is printed with their spread (min-max).
 Results are written as JSON (`--out`).
 """
@@ -32,8 +32,8 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from llava_jax import flops as flops_lib
 from llava_jax import sharding
+from llava_jax.bench import flops as flops_lib
 from llava_jax.config import schema
 from llava_jax.train import optimizer
 from llava_jax.train import state as state_lib
@@ -202,8 +202,10 @@ def benchmark(config, *, steps: int, warmup: int = 2, fill: float = 1.0,
     compare_torch = device.platform == "cpu" and data == "synthetic"
   torch_step = torch_info = None
   if compare_torch:
-    from llava_jax import bench_torch  # torch is a bench/test extra: import only when used
-    torch_step, torch_info = bench_torch.make_torch_train_step(
+    from llava_jax.bench import (
+      torch_reference,  # torch is a bench/test extra: import only when used
+    )
+    torch_step, torch_info = torch_reference.make_torch_train_step(
         model_cfg, host_batch, image_tokens=image_tokens, train_llm=parts["llm"],
         train_projector=parts["projector"], learning_rate=config.optim.lr,
         grad_clip_norm=config.optim.grad_clip_norm, seed=config.seed)

@@ -1,7 +1,7 @@
 r"""Generation benchmark: prefill tokens/s, time to first token, decode tokens/s (batch 1 and 8).
 
-  python -m llava_jax.bench_generate                        # tiny preset, CPU, + torch reference
-  python -m llava_jax.bench_generate --preset=llava15_7b --dtype=bfloat16 --llm_layers=32 \
+  python -m llava_jax.bench.generate                        # tiny preset, CPU, + torch reference
+  python -m llava_jax.bench.generate --preset=llava15_7b --dtype=bfloat16 --llm_layers=32 \
       --torch=false                                          # GPU: 7B-shaped, roofline fraction
 
 Random weights (speed does not depend on their values); EOS is disabled so every row decodes

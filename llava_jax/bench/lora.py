@@ -1,7 +1,7 @@
 r"""Full fine-tuning vs LoRA (bf16 base) vs QLoRA (int8 / NF4 base) at the same shapes.
 
-  python -m llava_jax.bench_lora [--preset=demo] [--layers=N] [--batch=8] [--seq=192] [--steps=10]
-  python -m llava_jax.bench_lora --preset=llava15_7b --layers=4 --topology=v5p:2x2x1  # TPU AOT
+  python -m llava_jax.bench.lora [--preset=demo] [--layers=N] [--batch=8] [--seq=192] [--steps=10]
+  python -m llava_jax.bench.lora --preset=llava15_7b --layers=4 --topology=v5p:2x2x1  # TPU AOT
 
 Per-device memory is XLA's analysis of the compiled train step (arguments = params + optimizer
 state + batch, temporaries, outputs, less donated aliases). Without --topology the step also
@@ -19,12 +19,12 @@ from absl import flags
 import jax
 import numpy as np
 
-from llava_jax import bench
 from llava_jax import sharding
+from llava_jax.bench import train_step
 from llava_jax.config import check as config_check
 
 # The checkout's recipes, read by path as `llava_jax.main --config=FILE` reads them.
-RECIPES = pathlib.Path(__file__).absolute().parents[1] / "configs"
+RECIPES = pathlib.Path(__file__).absolute().parents[2] / "configs"
 
 MODES = ("full", "lora_bf16", "qlora_int8", "qlora_nf4")
 FLAGS = flags.FLAGS
@@ -56,8 +56,8 @@ def mode_config(mode: str, preset: str, layers: int, batch: int, seq: int):
 
 
 def compile_mode(config, devices):
-  setup = bench.setup_step(config, devices=devices)
-  batch = bench.synthetic_batch(config.model, batch_size=config.train.batch_size,
+  setup = train_step.setup_step(config, devices=devices)
+  batch = train_step.synthetic_batch(config.model, batch_size=config.train.batch_size,
                                 seq_len=config.data.max_len, images_per_row=1)
   batch_sharding = sharding.batch_sharding(setup.mesh)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)

@@ -1,8 +1,8 @@
 r"""Ahead-of-time compile for a TPU slice with no TPU attached: memory fit, collectives, kernels.
 
-  python -m llava_jax.aot --config=configs/finetune.py:llava15_7b --topology=v5p-64 \
+  python -m llava_jax.bench.aot --config=configs/finetune.py:llava15_7b --topology=v5p-64 \
       --config.model.attention=splash --config.model.remat=full
-  python -m llava_jax.aot --config=configs/finetune.py:llava15_7b --topology=v5p-8 --target=generate
+  python -m llava_jax.bench.aot --config=configs/finetune.py:llava15_7b --topology=v5p-8 --target=generate
 
 Needs libtpu (`pip install --target .libtpu "libtpu==0.0.42.*"`, the version jax 0.10.2's `[tpu]`
 extra pins); `--libtpu` names the folder (default `.libtpu`, else an installed `libtpu`).
@@ -159,14 +159,14 @@ def compile_train(config, tpu_slice: Slice, devices) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from llava_jax import bench  # pylint: disable=g-import-not-at-top
-  from llava_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from llava_jax import sharding  # pylint: disable=g-import-not-at-top
+  from llava_jax.bench import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from llava_jax.bench import train_step  # pylint: disable=g-import-not-at-top
   from llava_jax.config import schema  # pylint: disable=g-import-not-at-top
   config = unrolled(config)
-  setup = bench.setup_step(config, devices=devices)
+  setup = train_step.setup_step(config, devices=devices)
   b, t = config.train.batch_size, config.data.max_len
-  host = bench.synthetic_batch(config.model, batch_size=1, seq_len=t,
+  host = train_step.synthetic_batch(config.model, batch_size=1, seq_len=t,
                                images_per_row=config.data.max_images)
   batch_sharding = sharding.batch_sharding(setup.mesh)
   batch = {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype, sharding=batch_sharding)

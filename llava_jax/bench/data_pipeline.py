@@ -1,6 +1,6 @@
 """Throughput of the whole input pipeline: decode + preprocess + tokenize + batch.
 
-    python -m llava_jax.data.bench [--image_size=336] [--workers=0,1,2] [--batch=16] [--batches=20]
+    python -m llava_jax.bench.data_pipeline [--image_size=336] [--workers=0,1,2] [--batch=16] [--batches=20]
 
 Builds a temporary dataset from the demo conversations with photo-sized JPEGs (640x480; COCO,
 which LLaVA trains on, is about that size), runs `pipeline.make_train_iterator` with each worker
