@@ -15,11 +15,11 @@ import transformers
 
 import llava_hf_fixtures as fx
 import llava_jax
-from llava_jax import checkpoint
 from llava_jax import sharding
+from llava_jax.checkpoint import model_dir
+from llava_jax.checkpoint import workdirs
 from llava_jax.convert import exporter
 from llava_jax.convert import importer
-from llava_jax.convert import model_dir
 from llava_jax.data import image as image_lib
 
 N = (fx.IMAGE_SIZE // fx.PATCH_SIZE) ** 2   # image tokens per image (CLS dropped)
@@ -135,14 +135,14 @@ class TrainingWorkdirTest(absltest.TestCase):
         "data": {"tokenizer": str(fx.DEMO_TOKENIZER), "image_aspect": "pad"},
         "checkpoint": {"max_to_keep": 2, "async_save": False}})
     cls.workdir = cls.tmp / "workdir"
-    manager = checkpoint.make_manager(cls.workdir, config.checkpoint)
+    manager = workdirs.make_manager(cls.workdir, config.checkpoint)
     zeros = jax.tree.map(np.zeros_like, params)
     # Step 1 holds zeros; step 2, the latest, holds the real weights.
     for step, tree in ((1, zeros), (2, params)):
-      checkpoint.save(manager, step, {"step": step, "params": tree, "opt_state": {}}, config)
+      workdirs.save(manager, step, {"step": step, "params": tree, "opt_state": {}}, config)
     manager.wait_until_finished()
     manager.close()
-    checkpoint.write_config(cls.workdir, config)
+    workdirs.write_config(cls.workdir, config)
 
   def test_load_reads_latest_step(self):
     model = llava_jax.load(self.workdir)

@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 import transformers
 
+from llava_jax.checkpoint import sources
 from llava_jax.config import schema
 from llava_jax.convert import exporter
-from llava_jax.convert import sources
 from llava_jax.data import tokenize
 from llava_jax.infer import prompting
 import tiny

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llava_jax import checkpoint
+from llava_jax.checkpoint import workdirs
 
 
 def _config(**ckpt):
@@ -32,7 +32,7 @@ def _abstract():
 
 def _data_files(step_dir):
   """The array data files of a step, biggest first (what a bit flip would hit)."""
-  files = [p for p in (step_dir / checkpoint.STATE).rglob("*") if p.is_file()]
+  files = [p for p in (step_dir / workdirs.STATE).rglob("*") if p.is_file()]
   return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
 
 
@@ -48,8 +48,8 @@ DAMAGE = {
     "truncated": lambda d: _data_files(d)[0].write_bytes(_data_files(d)[0].read_bytes()[:100]),
     "emptied": lambda d: _data_files(d)[0].write_bytes(b""),
     "deleted": lambda d: _data_files(d)[0].unlink(),
-    "state_dir_deleted": lambda d: shutil.rmtree(d / checkpoint.STATE),
-    "meta_deleted": lambda d: shutil.rmtree(d / checkpoint.META),
+    "state_dir_deleted": lambda d: shutil.rmtree(d / workdirs.STATE),
+    "meta_deleted": lambda d: shutil.rmtree(d / workdirs.META),
 }
 
 
@@ -59,26 +59,26 @@ class VerifyTest(parameterized.TestCase):
     super().setUp()
     self.workdir = pathlib.Path(tempfile.mkdtemp()) / "run"
     self.addCleanup(shutil.rmtree, self.workdir.parent)
-    manager = checkpoint.make_manager(self.workdir, _config().checkpoint)
+    manager = workdirs.make_manager(self.workdir, _config().checkpoint)
     for step in (1, 2):
-      checkpoint.save(manager, step, _state(step), _config())
-    checkpoint.seal(manager)
+      workdirs.save(manager, step, _state(step), _config())
+    workdirs.seal(manager)
     manager.close()
-    self.latest = checkpoint.checkpoints_dir(self.workdir) / "2"
+    self.latest = workdirs.checkpoints_dir(self.workdir) / "2"
 
   def restore(self, strict=False):
-    manager = checkpoint.make_manager(self.workdir, _config().checkpoint)
+    manager = workdirs.make_manager(self.workdir, _config().checkpoint)
     try:
-      return checkpoint.restore_latest(manager, _abstract(), strict=strict)
+      return workdirs.restore_latest(manager, _abstract(), strict=strict)
     finally:
       manager.close()
 
   def test_every_committed_step_has_checksums_and_the_config_hash(self):
     for step in (1, 2):
-      step_dir = checkpoint.checkpoints_dir(self.workdir) / str(step)
-      self.assertTrue(checkpoint.verify_step(step_dir))
-      record = (step_dir / checkpoint.CHECKSUMS).read_text()
-      self.assertIn(checkpoint.config_sha256(_config().to_dict()), record)
+      step_dir = workdirs.checkpoints_dir(self.workdir) / str(step)
+      self.assertTrue(workdirs.verify_step(step_dir))
+      record = (step_dir / workdirs.CHECKSUMS).read_text()
+      self.assertIn(workdirs.config_sha256(_config().to_dict()), record)
     step, state = self.restore()
     self.assertEqual(step, 2)
     np.testing.assert_array_equal(state["params"]["w"], _state(2)["params"]["w"])
@@ -95,13 +95,13 @@ class VerifyTest(parameterized.TestCase):
                      r"checksum mismatch)")
     self.assertIn("restored step 1 after skipping damaged steps", text)
     # Kept for inspection, out of the way of the step the resumed run will save again.
-    self.assertTrue((self.workdir / checkpoint.DAMAGED / "2").is_dir())
+    self.assertTrue((self.workdir / workdirs.DAMAGED / "2").is_dir())
     self.assertFalse(self.latest.exists())
 
   @parameterized.named_parameters(*DAMAGE.items())
   def test_strict_restore_refuses_naming_the_file(self, damage):
     damage(self.latest)
-    with self.assertRaisesRegex(checkpoint.CheckpointError,
+    with self.assertRaisesRegex(workdirs.CheckpointError,
                                 r"checkpoints/2/.*strict_restore=true: not falling back"):
       self.restore(strict=True)
     self.assertTrue(self.latest.exists())
@@ -110,36 +110,36 @@ class VerifyTest(parameterized.TestCase):
   def test_restore_params_verifies_and_falls_back(self, damage):
     damage(self.latest)
     with self.assertLogs(level="WARNING") as logs:
-      params = checkpoint.restore_params(self.workdir)
+      params = workdirs.restore_params(self.workdir)
     np.testing.assert_array_equal(params["w"], _state(1)["params"]["w"])
     self.assertIn("checkpoints/2", "\n".join(logs.output))
-    with self.assertRaisesRegex(checkpoint.CheckpointError, "checkpoints/2"):
-      checkpoint.restore_params(self.workdir, strict=True)
-    with self.assertRaisesRegex(checkpoint.CheckpointError, "checkpoints/2"):
-      checkpoint.restore_params(self.latest)   # a step directory given: no fallback
+    with self.assertRaisesRegex(workdirs.CheckpointError, "checkpoints/2"):
+      workdirs.restore_params(self.workdir, strict=True)
+    with self.assertRaisesRegex(workdirs.CheckpointError, "checkpoints/2"):
+      workdirs.restore_params(self.latest)   # a step directory given: no fallback
 
   def test_config_and_params_come_from_the_same_intact_step(self):
     _flip_bit(_data_files(self.latest)[0])
-    config, params = checkpoint.read_config_and_params(self.workdir)
+    config, params = workdirs.read_config_and_params(self.workdir)
     self.assertEqual(config.model.dim, 4)
     np.testing.assert_array_equal(params["w"], _state(1)["params"]["w"])
 
   def test_every_step_damaged_is_an_error(self):
     for step in (1, 2):
-      _flip_bit(_data_files(checkpoint.checkpoints_dir(self.workdir) / str(step))[0])
-    with self.assertRaisesRegex(checkpoint.CheckpointError, "no intact step"):
+      _flip_bit(_data_files(workdirs.checkpoints_dir(self.workdir) / str(step))[0])
+    with self.assertRaisesRegex(workdirs.CheckpointError, "no intact step"):
       self.restore()
 
   def test_a_step_without_checksums_restores_unverified_with_a_warning(self):
-    (self.latest / checkpoint.CHECKSUMS).unlink()
+    (self.latest / workdirs.CHECKSUMS).unlink()
     with self.assertLogs(level="WARNING") as logs:
       step, _ = self.restore()
     self.assertEqual(step, 2)
     self.assertIn("restoring it unverified", "\n".join(logs.output))
 
   def test_an_unverified_unreadable_step_counts_as_damaged(self):
-    (self.latest / checkpoint.CHECKSUMS).unlink()
-    shutil.rmtree(self.latest / checkpoint.STATE)
+    (self.latest / workdirs.CHECKSUMS).unlink()
+    shutil.rmtree(self.latest / workdirs.STATE)
     with self.assertLogs(level="WARNING"):
       step, _ = self.restore()
     self.assertEqual(step, 1)
@@ -150,10 +150,10 @@ class ConfigFileTest(absltest.TestCase):
   def test_a_different_config_json_is_kept(self):
     workdir = pathlib.Path(tempfile.mkdtemp())
     self.addCleanup(shutil.rmtree, workdir)
-    checkpoint.write_config(workdir, _config())
-    checkpoint.write_config(workdir, _config())   # same: nothing kept
+    workdirs.write_config(workdir, _config())
+    workdirs.write_config(workdir, _config())   # same: nothing kept
     self.assertFalse((workdir / "config.previous-1.json").exists())
-    checkpoint.write_config(workdir, _config(max_to_keep=5))
+    workdirs.write_config(workdir, _config(max_to_keep=5))
     self.assertIn('"max_to_keep": 3', (workdir / "config.previous-1.json").read_text())
     self.assertIn('"max_to_keep": 5', (workdir / "config.json").read_text())
 

@@ -19,11 +19,11 @@ import torch
 import transformers
 
 import llava_hf_fixtures as fx
+from llava_jax.checkpoint import model_dir
 from llava_jax.convert import __main__ as convert_main
 from llava_jax.convert import exporter
 from llava_jax.convert import hf
 from llava_jax.convert import importer
-from llava_jax.convert import model_dir
 from llava_jax.convert import tensor_files
 
 

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from llava_jax import checkpoint
 from llava_jax import sharding
-from llava_jax.convert import model_dir
+from llava_jax.checkpoint import model_dir
+from llava_jax.checkpoint import workdirs
 from llava_jax.train import init as init_lib
 from llava_jax.train import loop
 from llava_jax.train import metrics as metrics_lib
@@ -26,7 +26,7 @@ REPO = pathlib.Path(__file__).absolute().parents[1]
 
 
 def _committed_steps(workdir) -> list[int]:
-  return ocp.utils.checkpoint_steps(checkpoint.checkpoints_dir(workdir))
+  return ocp.utils.checkpoint_steps(workdirs.checkpoints_dir(workdir))
 
 
 def _sigterm_self(batch):
@@ -71,9 +71,9 @@ class LoopTest(absltest.TestCase):
     self.assertNotEmpty(list((self.straight_dir / "tensorboard").glob("events.out.tfevents.*")))
     saved = json.loads((self.straight_dir / "config.json").read_text())
     self.assertEqual(saved["train"]["steps"], 6)
-    self.assertEqual(checkpoint.read_config(self.straight_dir).optim.trainable,
+    self.assertEqual(workdirs.read_config(self.straight_dir).optim.trainable,
                      list(self.config.optim.trainable))
-    params = checkpoint.restore_params(self.straight_dir)
+    params = workdirs.restore_params(self.straight_dir)
     jax.tree.map(np.testing.assert_array_equal, params, self.final_params)
 
   def test_sigterm_saves_and_a_restart_resumes_exactly(self):
@@ -98,8 +98,8 @@ class LoopTest(absltest.TestCase):
     deadline = time.time() + 400
     try:
       while time.time() < deadline and proc.poll() is None:
-        names = os.listdir(checkpoint.checkpoints_dir(workdir)) if workdir.exists() and \
-            checkpoint.checkpoints_dir(workdir).exists() else []
+        names = os.listdir(workdirs.checkpoints_dir(workdir)) if workdir.exists() and \
+            workdirs.checkpoints_dir(workdir).exists() else []
         if any("tmp" in n for n in names) and len(_committed_steps(workdir)) >= 2:
           proc.send_signal(signal.SIGKILL)
           break
@@ -111,13 +111,13 @@ class LoopTest(absltest.TestCase):
     self.assertEqual(proc.returncode, -signal.SIGKILL, stderr[-3000:])
     last = max(_committed_steps(workdir))
     self.assertLess(last, 6)
-    self.assertTrue(any("tmp" in n for n in os.listdir(checkpoint.checkpoints_dir(workdir))))
+    self.assertTrue(any("tmp" in n for n in os.listdir(workdirs.checkpoints_dir(workdir))))
 
     state = loop.run(self.config, workdir, train_fixtures.synthetic_data(self.config))
     records = metrics_lib.read_metrics(workdir)
     # Steps up to the last committed one are the killed run's; the rest were trained after it.
     self.assertTrue(all((m["time"] < killed_at) == (m["step"] <= last) for m in records))
-    self.assertFalse(any("tmp" in n for n in os.listdir(checkpoint.checkpoints_dir(workdir))))
+    self.assertFalse(any("tmp" in n for n in os.listdir(workdirs.checkpoints_dir(workdir))))
     self.assert_same_run(workdir, state.params)
 
   def test_non_finite_loss_stops_naming_the_step(self):

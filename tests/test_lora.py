@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import llava_jax
-from llava_jax import checkpoint
 from llava_jax import model as model_lib
+from llava_jax.checkpoint import workdirs
 from llava_jax.convert import exporter
 from llava_jax.convert import peft as peft_lib
 from llava_jax.model import lora as lora_lib
@@ -131,12 +131,12 @@ class LoraTrainingTest(absltest.TestCase):
     self.assertIn("llm/layers/attn/q/kernel", _flat_names(frozen))
 
   def test_checkpoint_holds_adapters_projector_and_optimizer_but_not_the_base(self):
-    saved = checkpoint.restore_params(self.workdir)
+    saved = workdirs.restore_params(self.workdir)
     names = _flat_names(saved)
     self.assertIn("lora/llm/layers/attn/q/a", names)
     self.assertIn("projector/linear_0/kernel", names)
     self.assertFalse([n for n in names if n.startswith(("llm/", "vision/"))])
-    self.assertEqual(checkpoint.read_config(self.workdir).init.params_from, "")
+    self.assertEqual(workdirs.read_config(self.workdir).init.params_from, "")
 
   def test_base_stays_as_initialised_and_adapters_moved(self):
     config = self.config

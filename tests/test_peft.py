@@ -15,9 +15,9 @@ import torch
 import llava_hf_fixtures as fx
 import llava_jax
 from llava_jax import model as model_lib
+from llava_jax.checkpoint import sources
 from llava_jax.convert import exporter
 from llava_jax.convert import peft as peft_lib
-from llava_jax.convert import sources
 from llava_jax.model import lora as lora_lib
 from llava_jax.train.state import init_inputs
 

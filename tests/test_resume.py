@@ -10,8 +10,8 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from llava_jax import checkpoint
-from llava_jax.convert import sources
+from llava_jax.checkpoint import sources
+from llava_jax.checkpoint import workdirs
 from llava_jax.train import loop
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import resume
@@ -19,7 +19,7 @@ import train_fixtures
 
 
 def _flip_a_bit_in_the_arrays(step_dir):
-  files = sorted((p for p in (step_dir / checkpoint.STATE).rglob("*") if p.is_file()),
+  files = sorted((p for p in (step_dir / workdirs.STATE).rglob("*") if p.is_file()),
                  key=lambda p: p.stat().st_size)
   data = bytearray(files[-1].read_bytes())
   data[len(data) // 2] ^= 0x04
@@ -56,22 +56,22 @@ class ResumeTest(absltest.TestCase):
 
   def test_a_bit_flip_in_the_last_step_falls_back_and_trains_to_the_same_result(self):
     workdir = self.copy("flipped")
-    _flip_a_bit_in_the_arrays(checkpoint.checkpoints_dir(workdir) / "4")
+    _flip_a_bit_in_the_arrays(workdirs.checkpoints_dir(workdir) / "4")
     with self.assertLogs(level="WARNING") as logs:
       state = self.run_again(workdir)
     self.assertRegex("\n".join(logs.output), r"checkpoints/4/state/.*checksum mismatch")
     self.assertEqual(int(state.step), 4)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), self.final_params)
     self.assertEqual([m["loss"] for m in metrics_lib.read_metrics(workdir)], self.losses)
-    self.assertTrue((workdir / checkpoint.DAMAGED / "4").is_dir())
-    self.assertTrue(checkpoint.verify_step(checkpoint.checkpoints_dir(workdir) / "4"))
+    self.assertTrue((workdir / workdirs.DAMAGED / "4").is_dir())
+    self.assertTrue(workdirs.verify_step(workdirs.checkpoints_dir(workdir) / "4"))
 
   def test_strict_restore_refuses_the_damaged_step(self):
     workdir = self.copy("strict")
-    _flip_a_bit_in_the_arrays(checkpoint.checkpoints_dir(workdir) / "4")
+    _flip_a_bit_in_the_arrays(workdirs.checkpoints_dir(workdir) / "4")
     config = train_fixtures.tiny_config(steps=4)
     config.checkpoint.update(dict(every_steps=2, strict_restore=True))
-    with self.assertRaisesRegex(checkpoint.CheckpointError, r"checkpoints/4/state/.*checksum"):
+    with self.assertRaisesRegex(workdirs.CheckpointError, r"checkpoints/4/state/.*checksum"):
       self.run_again(workdir, config)
 
   def test_a_changed_model_size_stops_naming_the_field_and_both_values(self):
@@ -103,15 +103,15 @@ class ResumeTest(absltest.TestCase):
 
   def test_export_and_load_read_the_newest_intact_step(self):
     workdir = self.copy("export")
-    steps = checkpoint.checkpoints_dir(workdir)
-    step_2 = checkpoint.restore_params(steps / "2")
+    steps = workdirs.checkpoints_dir(workdir)
+    step_2 = workdirs.restore_params(steps / "2")
     _flip_a_bit_in_the_arrays(steps / "4")
     with self.assertLogs(level="WARNING") as logs:
       loaded = sources.read_checkpoint(workdir)   # what to-hf and llava_jax.load read
     self.assertRegex("\n".join(logs.output), r"checkpoints/4/state/.*checksum mismatch")
     jax.tree.map(np.testing.assert_array_equal, loaded.params, step_2)
     # Every step damaged: to-hf exits naming them, not with an Orbax traceback.
-    for file in [p for p in (steps / "2" / checkpoint.STATE).rglob("*") if p.is_file()]:
+    for file in [p for p in (steps / "2" / workdirs.STATE).rglob("*") if p.is_file()]:
       if file.stat().st_size > 1000:
         file.write_bytes(file.read_bytes()[:100])   # truncated
     result = subprocess.run(

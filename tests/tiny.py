@@ -14,8 +14,8 @@ from configs import finetune
 from configs import finetune_lora
 from configs import pretrain
 from llava_jax import model as model_lib
+from llava_jax.checkpoint import model_dir
 from llava_jax.config import schema
-from llava_jax.convert import model_dir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO_TOKENIZER = REPO / "data" / "demo" / "tokenizer"   # <image> = 4, <pad> = 3, 1025 tokens

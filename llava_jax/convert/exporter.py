@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 
+from llava_jax.checkpoint import model_dir
+from llava_jax.checkpoint import sources
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
-from llava_jax.convert import model_dir
-from llava_jax.convert import sources
 from llava_jax.convert import tensor_files
 from llava_jax.data import chat_template
 from llava_jax.infer import prompting

@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 import transformers
 
+from llava_jax.checkpoint import model_dir
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
-from llava_jax.convert import model_dir
 from llava_jax.convert import tensor_files
 from llava_jax.infer import prompting
 

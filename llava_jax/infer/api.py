@@ -24,9 +24,9 @@ import numpy as np
 
 from llava_jax import model as model_lib
 from llava_jax import sharding
+from llava_jax.checkpoint import model_dir
+from llava_jax.checkpoint import sources
 from llava_jax.config import schema
-from llava_jax.convert import model_dir
-from llava_jax.convert import sources
 from llava_jax.data import image as image_lib
 from llava_jax.infer import chat_api
 from llava_jax.infer import prompting

@@ -10,9 +10,9 @@ from typing import Any
 import ml_collections
 import transformers
 
+from llava_jax.checkpoint import model_dir
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
-from llava_jax.convert import model_dir
 from llava_jax.convert import tensor_files
 from llava_jax.infer import prompting
 
@@ -56,14 +56,14 @@ def _from_llava_hf(path: pathlib.Path, dtype) -> Checkpoint:
 
 
 def _from_training_workdir(path: pathlib.Path, target) -> Checkpoint:
-  from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top  # training-side deps
-  config = checkpoint.read_config(path)   # the config saved with the latest committed step
+  from llava_jax.checkpoint import workdirs  # pylint: disable=g-import-not-at-top  # training-side deps
+  config = workdirs.read_config(path)   # the config saved with the latest committed step
   if "lora" in config and config.lora.rank > 0:
     # Adapters + projector only: merged into the base the run names (convert/adapters.py).
     from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
     return adapters.merged_checkpoint(path, target=target)
   # Config and params of the same newest intact (checksum-verified) step.
-  return workdir_checkpoint(*checkpoint.read_config_and_params(path, lambda _: target))
+  return workdir_checkpoint(*workdirs.read_config_and_params(path, lambda _: target))
 
 
 def workdir_checkpoint(config: ml_collections.ConfigDict, params) -> Checkpoint:
@@ -96,8 +96,8 @@ def read_model_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   if found == "model_dir":
     return model_dir.read_config(path)
   if found == "workdir":
-    from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    return checkpoint.read_config(path).model
+    from llava_jax.checkpoint import workdirs  # pylint: disable=g-import-not-at-top
+    return workdirs.read_config(path).model
   return hf_config.from_hf(transformers.AutoConfig.from_pretrained(path))
 
 
