@@ -28,7 +28,7 @@ import os
 from absl import app
 from absl import flags
 
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 from llava_jax.eval import answer_file
 from llava_jax.eval import answering
 from llava_jax.eval import flan_heldout

@@ -13,9 +13,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import fake_openai
+from llava_jax import openai_client as client_lib
 from llava_jax.data import records as records_lib
 from llava_jax.datagen import annotations
-from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import context
 from llava_jax.datagen import generate
 from llava_jax.datagen import journal

@@ -9,7 +9,7 @@ from absl.testing import absltest
 
 import eval_fixtures
 import fake_openai
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 from llava_jax.eval import gqa
 from llava_jax.eval import mmbench
 from llava_jax.eval import mme

@@ -10,7 +10,7 @@ from absl.testing import absltest
 
 import eval_fixtures
 import fake_openai
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 from llava_jax.eval import answer_file
 from llava_jax.eval import llava_bench
 from llava_jax.eval import suite

@@ -10,7 +10,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import fake_openai
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 from llava_jax.datagen import flan
 from llava_jax.eval import answering
 from llava_jax.eval import llava_bench
