@@ -104,12 +104,12 @@ def _warm_up(model, servers, image_url, max_batch, max_tokens):
 
 def main(argv):
   del argv
-  from llava_jax import chat
+  from llava_jax.infer import loading
   from llava_jax.serving import app as serving
 
   f = flags.FLAGS
   logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per request otherwise
-  model = chat.load_for_chat(f.ckpt)
+  model = loading.load_checked(f.ckpt)
   image_url = "data:image/jpeg;base64," + base64.b64encode(DEMO_IMAGE.read_bytes()).decode()
   servers = {}
   for scheduler in ("static", "continuous"):
