@@ -1,4 +1,4 @@
-"""Tests for the shipped demo dataset (data/demo/) and its generator llava_jax.data.demo."""
+"""Tests for the shipped demo dataset (data/demo/) and its generator tools.make_demo."""
 
 import filecmp
 import json
@@ -11,9 +11,9 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from llava_jax.config import schema
-from llava_jax.data import demo
 from llava_jax.data import image as image_lib
 from llava_jax.data import validate
+import tools.make_demo as demo
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                         "demo")
@@ -127,8 +127,8 @@ class GeneratorTest(absltest.TestCase):
 
   def test_captions_state_what_is_drawn(self):
     # The generator's facts match the pixels: count coloured blobs in shape images.
-    from llava_jax.data.demo import scenes
-    from llava_jax.data.demo import text
+    from tools.make_demo import scenes
+    from tools.make_demo import text
     rng = np.random.default_rng(3)
     for _ in range(10):
       scene = scenes.random_shapes_scene(rng)

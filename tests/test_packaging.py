@@ -20,7 +20,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).absolute().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-OURS = {"llava_jax", "configs", "tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
+OURS = {"llava_jax", "configs", "tools", "tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
 
 
 def _name(requirement: str) -> str:

@@ -2,8 +2,8 @@
 
 from absl.testing import absltest
 
-from llava_jax.data.demo import tokenizer as demo_tokenizer
 from llava_jax.infer import text_stream
+from tools.make_demo import tokenizer as demo_tokenizer
 
 _TEXTS = ["a cat sits on a red mat near the window", "the dog runs in the park",
           "what is unusual about this image?"] * 20

@@ -11,9 +11,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from llava_jax.data.demo import scenes as scenes_lib
-from llava_jax.data.demo import text as text_lib
-from llava_jax.data.demo import tokenizer as tokenizer_lib
+from tools.make_demo import scenes as scenes_lib
+from tools.make_demo import text as text_lib
+from tools.make_demo import tokenizer as tokenizer_lib
 
 NUM_SHAPES_IMAGES = 28
 # Every (time, ground) pair twice: 12 outdoor images.

@@ -8,7 +8,7 @@ import collections
 
 import numpy as np
 
-from llava_jax.data.demo import scenes as scenes_lib
+from tools.make_demo import scenes as scenes_lib
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

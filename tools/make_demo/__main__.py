@@ -1,9 +1,9 @@
-"""`python -m llava_jax.data.demo --out=data/demo [--seed=0]`: (re)generate the demo dataset."""
+"""`python -m tools.make_demo --out=data/demo [--seed=0]`: (re)generate the demo dataset."""
 
 from absl import app
 from absl import flags
 
-from llava_jax.data.demo import build
+from tools.make_demo import build
 
 FLAGS = flags.FLAGS
 
