@@ -16,8 +16,9 @@ import tempfile
 from absl.testing import absltest
 
 from llava_jax.bench import aot
+import tiny
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_ROOT = tiny.REPO
 LIBTPU = pathlib.Path(os.environ.get("LLAVA_JAX_LIBTPU", _ROOT / ".libtpu"))
 
 

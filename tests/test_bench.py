@@ -14,8 +14,9 @@ from configs import finetune
 from llava_jax.bench import flops
 from llava_jax.bench import train_step
 from llava_jax.config import schema
+import tiny
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = str(tiny.REPO)
 _SCRIPT = os.path.join(_ROOT, "launch", "bench_gpu.sh")
 
 

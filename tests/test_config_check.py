@@ -1,6 +1,5 @@
 """The start-up config check names the field, the value and what is allowed."""
 
-import pathlib
 import subprocess
 import sys
 
@@ -9,8 +8,9 @@ from absl.testing import parameterized
 
 from configs import finetune
 from llava_jax.config import check as config_check
+import tiny
 
-_ROOT = pathlib.Path(__file__).absolute().parents[1]
+_ROOT = tiny.REPO
 _FINETUNE = str(_ROOT / "configs" / "finetune.py")
 
 

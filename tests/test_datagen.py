@@ -23,7 +23,7 @@ from llava_jax.datagen import parse
 from llava_jax.datagen import prompts
 import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(tiny.REPO)
 SAMPLES = os.path.join(REPO, "data", "datagen_samples")
 
 

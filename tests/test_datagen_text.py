@@ -13,8 +13,9 @@ import tensorflow_datasets as tfds
 
 from llava_jax.data import records as records_lib
 from llava_jax.datagen import flan
+import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(tiny.REPO)
 SAMPLES = os.path.join(REPO, "data", "datagen_samples", "text")
 
 

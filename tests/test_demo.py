@@ -13,10 +13,10 @@ from transformers import AutoTokenizer
 from llava_jax.config import schema
 from llava_jax.data import image as image_lib
 from llava_jax.data import validate
+import tiny
 import tools.make_demo as demo
 
-DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
-                        "demo")
+DEMO_DIR = str(tiny.REPO / "data" / "demo")
 IMAGES = os.path.join(DEMO_DIR, "images")
 
 

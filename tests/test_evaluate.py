@@ -18,7 +18,7 @@ from llava_jax.eval import scienceqa
 from llava_jax.eval import text_rouge
 import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(tiny.REPO)
 SAMPLES = os.path.join(REPO, "data", "eval_samples")
 
 

@@ -17,8 +17,9 @@ from data_samples import write_jsonl
 from llava_jax.config import schema
 from llava_jax.data import inspect
 from llava_jax.data import tokenize
+import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(tiny.REPO)
 
 
 class InspectTest(absltest.TestCase):

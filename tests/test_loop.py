@@ -20,9 +20,10 @@ from llava_jax.checkpoint import workdirs
 from llava_jax.train import init as init_lib
 from llava_jax.train import loop
 from llava_jax.train import metrics as metrics_lib
+import tiny
 import train_fixtures
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+REPO = tiny.REPO
 
 
 def _committed_steps(workdir) -> list[int]:

@@ -15,9 +15,10 @@ import orbax.checkpoint as ocp
 from llava_jax import main as main_lib
 from llava_jax.checkpoint import workdirs
 from llava_jax.train import metrics as metrics_lib
+import tiny
 import train_fixtures
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+REPO = tiny.REPO
 
 
 class MainTest(absltest.TestCase):

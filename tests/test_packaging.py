@@ -18,7 +18,9 @@ import zipfile
 from absl.testing import absltest
 import pytest
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+import tiny
+
+REPO = tiny.REPO
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 OURS = {"llava_jax", "configs", "tools", "tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
 

@@ -18,8 +18,9 @@ from llava_jax.config import schema
 from llava_jax.data import pipeline
 from llava_jax.data import prepare
 from llava_jax.data import shards
+import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(tiny.REPO)
 
 
 class PrepareTest(absltest.TestCase):

@@ -15,7 +15,9 @@ import textwrap
 from absl.testing import absltest
 import pytest
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+import tiny
+
+REPO = tiny.REPO
 # What a fresh machine printed before the fix (issue 18).
 FAULT_LIKE = ("PyTorch was not found", "leaked shared_memory", "Unable to initialize backend",
               "Traceback", "UserWarning")

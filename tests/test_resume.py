@@ -15,6 +15,7 @@ from llava_jax.checkpoint import workdirs
 from llava_jax.train import loop
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import resume
+import tiny
 import train_fixtures
 
 
@@ -117,7 +118,7 @@ class ResumeTest(absltest.TestCase):
     result = subprocess.run(
         [sys.executable, "-m", "llava_jax.convert", "to-hf", f"--ckpt={workdir}",
          f"--out={self.tmp / 'export_hf'}"], capture_output=True, text=True, timeout=300,
-        cwd=pathlib.Path(__file__).absolute().parents[1])
+        cwd=tiny.REPO)
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("no intact step", result.stderr)
     self.assertNotIn("Event loop is closed", result.stderr)

@@ -27,7 +27,7 @@ from llava_jax.serving import protocol
 import tiny
 
 QUESTION = "What is in the image?"
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = tiny.REPO
 
 
 def _png(seed: int, size=(40, 30)) -> bytes:

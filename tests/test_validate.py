@@ -14,6 +14,7 @@ from PIL import Image
 from llava_jax.config import schema
 from llava_jax.data import records
 from llava_jax.data import validate
+import tiny
 
 
 def _encode(fmt):
@@ -68,7 +69,7 @@ def _write_bad_set(d):
 def _run_cli(*args):
   return subprocess.run([sys.executable, "-m", "llava_jax.data.validate", *args],
                         capture_output=True, text=True, timeout=120,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                        cwd=str(tiny.REPO))
 
 
 class ValidateTest(absltest.TestCase):

@@ -15,7 +15,7 @@ from llava_jax.serving import webui
 import tiny
 
 CHROMIUM = "/usr/bin/chromium"
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = tiny.REPO
 IMAGE = REPO / "data" / "demo" / "images" / "outdoor_000.jpg"
 
 

@@ -9,7 +9,9 @@ import time
 
 from absl.testing import absltest
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+import tiny
+
+REPO = tiny.REPO
 
 _TRAINER = """
 import sys, time
