@@ -10,29 +10,31 @@ llava_v1_7b, llava15_7b, llava15_13b with LLaVA's recipes: lr 2e-5, global batch
 
 import os
 
-from configs import common
-from configs import training
+from llava_jax.config import schema
+from llava_jax.config import training
 
-# preset: (lr, global batch, epochs, LLaVA JSON, image folder, image aspect)
+# LLaVA-1.5 pads images to a square (the data schema's default); v1 center-crops.
 RECIPES = {
-    "demo": (1e-3, 8, 1, os.path.join(common.DEMO_DIR, "finetune.json"),
-             os.path.join(common.DEMO_DIR, "images"), "pad"),
-    "llava_v1_7b": (2e-5, 128, 3, "data/llava/llava_instruct_158k.json",
-                    "data/llava/coco/train2017", "crop"),
-    "llava15_7b": (2e-5, 128, 1, "data/llava/llava_v1_5_mix665k.json", "data/llava/images",
-                   "pad"),
-    "llava15_13b": (2e-5, 128, 1, "data/llava/llava_v1_5_mix665k.json", "data/llava/images",
-                    "pad"),
+    "demo": training.Recipe(lr=1e-3, batch_size=8, epochs=1,
+                            data_path=os.path.join(schema.DEMO_DIR, "finetune.json"),
+                            image_dir=os.path.join(schema.DEMO_DIR, "images")),
+    "llava_v1_7b": training.Recipe(lr=2e-5, batch_size=128, epochs=3, image_aspect="crop",
+                                   data_path="data/llava/llava_instruct_158k.json",
+                                   image_dir="data/llava/coco/train2017"),
+    "llava15_7b": training.Recipe(lr=2e-5, batch_size=128, epochs=1,
+                                  data_path="data/llava/llava_v1_5_mix665k.json",
+                                  image_dir="data/llava/images"),
+    "llava15_13b": training.Recipe(lr=2e-5, batch_size=128, epochs=1,
+                                   data_path="data/llava/llava_v1_5_mix665k.json",
+                                   image_dir="data/llava/images"),
 }
 
 
 def get_config(preset: str = "demo"):
-  lr, batch_size, epochs, path, image_dir, image_aspect = RECIPES[preset]
   demo = preset == "demo"
   return training.stage_config(
-      preset, lr=lr, batch_size=batch_size, epochs=epochs, steps=400 if demo else 0,
-      trainable=("projector/.*", "llm/.*"),
-      data=dict(path=path, image_dir=image_dir, template="vicuna_v1", image_aspect=image_aspect),
+      preset, RECIPES[preset], steps=400 if demo else 0, trainable=("projector/.*", "llm/.*"),
+      data=dict(template="vicuna_v1"),
       # The demo trains from scratch so it needs nothing but this repository.
       params_from="" if demo else f"models/{preset}-base",
       projector_from="" if demo else f"workdir/pretrain-{preset}")

@@ -10,35 +10,46 @@ bf16. They start from the base model directory (`init.params_from`) and the stag
 (`init.projector_from`). Dropout 0.05 on the adapters' inputs (LLaVA's lora_dropout), in training only.
 """
 
+import dataclasses
 import os
 
-from configs import common
-from configs import training
+from llava_jax.config import schema
+from llava_jax.config import training
 
-# preset: (rank, alpha, lr, projector lr, global batch, LLaVA JSON, image folder)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraRecipe(training.Recipe):
+  rank: int
+  alpha: float           # adapter output scaled by alpha / rank
+  projector_lr: float    # LLaVA's mm_projector_lr
+  dropout: float = 0.05  # LLaVA's lora_dropout, on each adapter's input in training
+
+
 RECIPES = {
-    "demo": (16, 32.0, 3e-3, 1e-3, 8, os.path.join(common.DEMO_DIR, "finetune.json"),
-             os.path.join(common.DEMO_DIR, "images")),
-    "llava15_7b": (128, 256.0, 2e-4, 2e-5, 128, "data/llava/llava_v1_5_mix665k.json",
-                   "data/llava/images"),
-    "llava15_13b": (128, 256.0, 2e-4, 2e-5, 128, "data/llava/llava_v1_5_mix665k.json",
-                    "data/llava/images"),
+    "demo": LoraRecipe(rank=16, alpha=32.0, lr=3e-3, projector_lr=1e-3, batch_size=8, epochs=1,
+                       data_path=os.path.join(schema.DEMO_DIR, "finetune.json"),
+                       image_dir=os.path.join(schema.DEMO_DIR, "images")),
+    "llava15_7b": LoraRecipe(rank=128, alpha=256.0, lr=2e-4, projector_lr=2e-5, batch_size=128,
+                             epochs=1, data_path="data/llava/llava_v1_5_mix665k.json",
+                             image_dir="data/llava/images"),
+    "llava15_13b": LoraRecipe(rank=128, alpha=256.0, lr=2e-4, projector_lr=2e-5, batch_size=128,
+                              epochs=1, data_path="data/llava/llava_v1_5_mix665k.json",
+                              image_dir="data/llava/images"),
 }
 
 
 def get_config(preset: str = "demo"):
   if preset not in RECIPES:
     raise ValueError(f"unknown preset {preset!r}; choose one of {tuple(RECIPES)}")
-  rank, alpha, lr, projector_lr, batch_size, path, image_dir = RECIPES[preset]
+  recipe = RECIPES[preset]
   demo = preset == "demo"
   c = training.stage_config(
-      preset, lr=lr, batch_size=batch_size, epochs=1, steps=300 if demo else 0,
-      trainable=("projector/.*", "lora/.*/(a|b)"),
-      data=dict(path=path, image_dir=image_dir, template="vicuna_v1", image_aspect="pad"),
+      preset, recipe, steps=300 if demo else 0, trainable=("projector/.*", "lora/.*/(a|b)"),
+      data=dict(template="vicuna_v1"),
       params_from="" if demo else f"models/{preset}-base",
       projector_from="" if demo else f"workdir/pretrain-{preset}")
-  c.optim.lr_groups = (("projector/.*", projector_lr),)
-  c.lora.rank, c.lora.alpha, c.lora.dropout = rank, alpha, 0.05
+  c.optim.lr_groups = (("projector/.*", recipe.projector_lr),)
+  c.lora.rank, c.lora.alpha, c.lora.dropout = recipe.rank, recipe.alpha, recipe.dropout
   if demo:
     # The demo's base is random: its frozen LM head alone caps the logits (loss stays > 5), so
     # the head gets an adapter too.

@@ -10,28 +10,29 @@ bf16, max length 2048. The vision tower and LLM start from a model directory mad
 
 import os
 
-from configs import common
-from configs import training
+from llava_jax.config import schema
+from llava_jax.config import training
 
-# preset: (lr, global batch, epochs, LLaVA JSON, image folder)
+_CC3M = "data/llava/LLaVA-CC3M-Pretrain-595K"
+_LCS = "data/llava/LLaVA-Pretrain"
+# LLaVA's stage 1 resizes and center-crops (its default 'square' aspect).
 RECIPES = {
-    "demo": (2e-3, 8, 1, os.path.join(common.DEMO_DIR, "pretrain.json"),
-             os.path.join(common.DEMO_DIR, "images")),
-    "llava_v1_7b": (2e-3, 128, 1, "data/llava/LLaVA-CC3M-Pretrain-595K/chat.json",
-                    "data/llava/LLaVA-CC3M-Pretrain-595K/images"),
-    "llava15_7b": (1e-3, 256, 1, "data/llava/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
-                   "data/llava/LLaVA-Pretrain/images"),
-    "llava15_13b": (1e-3, 256, 1, "data/llava/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
-                    "data/llava/LLaVA-Pretrain/images"),
+    "demo": training.Recipe(lr=2e-3, batch_size=8, epochs=1, image_aspect="crop",
+                            data_path=os.path.join(schema.DEMO_DIR, "pretrain.json"),
+                            image_dir=os.path.join(schema.DEMO_DIR, "images")),
+    "llava_v1_7b": training.Recipe(lr=2e-3, batch_size=128, epochs=1, image_aspect="crop",
+                                   data_path=f"{_CC3M}/chat.json", image_dir=f"{_CC3M}/images"),
+    "llava15_7b": training.Recipe(lr=1e-3, batch_size=256, epochs=1, image_aspect="crop",
+                                  data_path=f"{_LCS}/blip_laion_cc_sbu_558k.json",
+                                  image_dir=f"{_LCS}/images"),
+    "llava15_13b": training.Recipe(lr=1e-3, batch_size=256, epochs=1, image_aspect="crop",
+                                   data_path=f"{_LCS}/blip_laion_cc_sbu_558k.json",
+                                   image_dir=f"{_LCS}/images"),
 }
 
 
 def get_config(preset: str = "demo"):
-  lr, batch_size, epochs, path, image_dir = RECIPES[preset]
   demo = preset == "demo"
   return training.stage_config(
-      preset, lr=lr, batch_size=batch_size, epochs=epochs, steps=300 if demo else 0,
-      trainable=("projector/.*",),
-      # LLaVA's stage 1 resizes and center-crops (its default 'square' aspect).
-      data=dict(path=path, image_dir=image_dir, template="plain", image_aspect="crop"),
-      params_from="" if demo else f"models/{preset}-base")
+      preset, RECIPES[preset], steps=300 if demo else 0, trainable=("projector/.*",),
+      data=dict(template="plain"), params_from="" if demo else f"models/{preset}-base")

@@ -85,7 +85,7 @@ failed=()
 bench() {
   local name="$1"
   shift
-  if run "$python" -m llava_jax.bench --name="$name" --out="$out_dir/gpu_$name.json" "$@"; then
+  if run "$python" -m llava_jax.bench.train_step --name="$name" --out="$out_dir/gpu_$name.json" "$@"; then
     results+=("$out_dir/gpu_$name.json")
   else
     failed+=("$name")
@@ -120,7 +120,7 @@ if ((dry_run)); then exit 0; fi
 if ((${#failed[@]})); then echo "bench_gpu.sh: failed runs: ${failed[*]}" >&2; fi
 if ((${#results[@]})); then
   echo
-  "$python" -m llava_jax.bench --table "${results[@]}" | tee "$out_dir/gpu_table.md"
+  "$python" -m llava_jax.bench.train_step --table "${results[@]}" | tee "$out_dir/gpu_table.md"
 fi
 # Success if every benchmark produced a row (possibly from its retry).
 ((${#results[@]} == expected))

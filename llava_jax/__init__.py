@@ -13,6 +13,6 @@ def __getattr__(name):
   # `llava_jax.load` imports JAX, the model and the converters; only pay for it when used, so
   # that light modules (e.g. data code in Grain workers) import fast.
   if name == "load":
-    from llava_jax.api import load  # pylint: disable=g-import-not-at-top
+    from llava_jax.infer.api import load  # pylint: disable=g-import-not-at-top
     return load
   raise AttributeError(f"module 'llava_jax' has no attribute {name!r}")

@@ -22,30 +22,14 @@ from llava_jax import quiet
 
 quiet.install()   # before prompting imports transformers
 
-from llava_jax import prompting  # noqa: E402
+from llava_jax.infer import loading  # noqa: E402
+from llava_jax.infer import prompting  # noqa: E402
 
 _HELP = "commands: /image PATH  (new image, new conversation)   /reset   /quit"
 
 
 class ChatError(Exception):
   """A problem the user can fix (bad path, prompt too long); printed without a traceback."""
-
-
-def load_for_chat(ckpt: str | None, adapter: str | None = None, merge_adapter: bool = True):
-  """`llava_jax.load(ckpt, adapter=adapter, merge=merge_adapter)` with an error message that
-  says what is missing."""
-  if not ckpt:
-    raise ChatError("--ckpt is required (a model directory, training workdir or llava-hf dir)")
-  for path in (ckpt, adapter):
-    if path and not os.path.exists(path):
-      raise ChatError(f"checkpoint not found: {path}")
-  import llava_jax.api  # deferred: loading pulls in the whole model stack
-
-  try:
-    return llava_jax.api.load(ckpt, adapter=adapter, merge=merge_adapter)
-  except (FileNotFoundError, ValueError, errors.UserError) as e:
-    raise ChatError(f"cannot load checkpoint {ckpt}{f' with adapter {adapter}' if adapter else ''}"
-                    f": {e}") from None
 
 
 def read_image(path: str) -> bytes:
@@ -149,7 +133,7 @@ def main(argv):
   f = flags.FLAGS
   try:
     image = read_image(f.image) if f.image else None
-    model = load_for_chat(f.ckpt, f.adapter, f.merge_adapter)
+    model = loading.load_checked(f.ckpt, f.adapter, f.merge_adapter)
     session = Session(model, image, dict(max_new_tokens=f.max_new_tokens,
                                          temperature=f.temperature, top_p=f.top_p, seed=f.seed,
                                          system=f.system))
@@ -157,7 +141,7 @@ def main(argv):
       session.ask(f.prompt, _write)
       _write("\n")
       return
-  except ChatError as e:
+  except (ChatError, loading.LoadError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   interact(session, input, _write)

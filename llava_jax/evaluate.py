@@ -29,7 +29,7 @@ from absl import app
 from absl import flags
 
 from llava_jax import errors
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 from llava_jax.eval import answer_file
 from llava_jax.eval import answering
 from llava_jax.eval import flan_heldout
@@ -93,9 +93,9 @@ def make_answer_for():
                                    api_key=os.environ.get(FLAGS.api_key_env))
     return lambda budget: answering.server_answer_fn(
         client, max_tokens=budget, temperature=FLAGS.temperature, concurrency=FLAGS.batch_size)
-  import llava_jax.api  # Deferred: pulls in JAX and the model.
   from llava_jax.eval import model_answering
-  model = llava_jax.api.load(FLAGS.ckpt, adapter=FLAGS.adapter, merge=FLAGS.merge_adapter)
+  import llava_jax.infer.api  # Deferred: pulls in JAX and the model.
+  model = llava_jax.infer.api.load(FLAGS.ckpt, adapter=FLAGS.adapter, merge=FLAGS.merge_adapter)
   return lambda budget: model_answering.model_answer_fn(model, max_new_tokens=budget,
                                                         temperature=FLAGS.temperature)
 

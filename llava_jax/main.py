@@ -13,10 +13,10 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from llava_jax import config_check
 from llava_jax import errors
 from llava_jax import quiet
 from llava_jax import sharding
+from llava_jax.config import check as config_check
 
 # At import, not in main(): Grain's spawned workers re-import this module, and print too.
 quiet.install()

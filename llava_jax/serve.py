@@ -10,15 +10,20 @@ finishes the requests in flight, then exits.
 """
 
 import os
-import signal
 import sys
 
 from absl import app
 from absl import flags
 
 from llava_jax import errors
-from llava_jax.serving import app as app_lib
-from llava_jax.serving import protocol
+from llava_jax import quiet
+
+quiet.install()   # before the serving modules import transformers (and JAX probes for a TPU)
+
+from llava_jax.infer import loading  # noqa: E402
+from llava_jax.serving import app as app_lib  # noqa: E402
+from llava_jax.serving import protocol  # noqa: E402
+from llava_jax.serving import server  # noqa: E402
 
 
 def define_flags():
@@ -65,33 +70,17 @@ def settings_from_flags(name: str) -> app_lib.Settings:
 
 def run(ui: bool):
   """Loads --ckpt and serves until SIGTERM/SIGINT (shared by serve and webui)."""
-  from llava_jax import chat  # deferred: loading pulls in the whole model stack
-
   f = flags.FLAGS
   if f.image_root and not os.path.isdir(f.image_root):
     print(f"error: --image_root={f.image_root} is not a directory", file=sys.stderr)
     sys.exit(2)
   try:
-    chat_model = chat.load_for_chat(f.ckpt, f.adapter, f.merge_adapter)
-  except chat.ChatError as e:
+    chat_model = loading.load_checked(f.ckpt, f.adapter, f.merge_adapter)
+  except loading.LoadError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  name = f.model_name or os.path.basename(os.path.normpath(f.ckpt))
-  settings = settings_from_flags(name)
-  api = app_lib.make_app(chat_model, settings)
-  if ui:
-    from llava_jax.serving import webui  # deferred: gradio is a heavy import
-    api = webui.mount(api, chat_model)
-  sock = app_lib.bind(f.host, f.port)
-  port = sock.getsockname()[1]
-  print(f"serving {name!r} on http://{f.host}:{port}/v1" + (
-      f" (web demo: http://{f.host}:{port}/)" if ui else ""), flush=True)
-  # uvicorn finishes the requests in flight, then re-raises SIGTERM: exit 0 then, not -15.
-  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-  try:
-    app_lib.uvicorn_server(api, settings).run(sockets=[sock])
-  finally:
-    api.state.service.close()
+  settings = settings_from_flags(f.model_name or os.path.basename(os.path.normpath(f.ckpt)))
+  server.serve_forever(chat_model, settings, host=f.host, port=f.port, ui=ui)
 
 
 def main(argv):

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from configs import common
+from llava_jax.config import schema
 
 LONG = " ".join(["The red ball is on the green grass near the blue box."] * 12)
 
@@ -82,7 +82,7 @@ def temp_data_dir():
 def data_config(default_path: str, images: str, **overrides):
   """The data tests' config: data.path, data.image_dir, 128 tokens, no Grain workers; then
   `overrides` (any field, data.path too)."""
-  d = common.data_config()
+  d = schema.data_config()
   d.update(dict(path=default_path, image_dir=images, max_len=128, num_workers=0))
   d.update(overrides)
   return d

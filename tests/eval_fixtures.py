@@ -4,8 +4,9 @@ import os
 import re
 
 from llava_jax.eval import answer_file
+import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(tiny.REPO)
 SAMPLES = os.path.join(REPO, "data", "eval_samples")
 
 

@@ -11,7 +11,7 @@ import transformers
 
 import tiny
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = tiny.REPO
 DEMO_TOKENIZER = REPO / "data" / "demo" / "tokenizer"   # <image> = 4, <pad> = 3, 1025 tokens
 IMAGE_TOKEN_ID = 4
 IMAGE_SIZE = tiny.HF_IMAGE_SIZE

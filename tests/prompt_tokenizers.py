@@ -21,7 +21,7 @@ from tokenizers import pre_tokenizers
 from tokenizers import trainers
 import transformers
 
-from configs import common
+from llava_jax.config import schema
 from llava_jax.data import conversation as conv
 
 IMG = 4
@@ -38,7 +38,7 @@ STYLES = ("legacy", "non_legacy", "demo")
 @functools.cache
 def build(style: str) -> transformers.PreTrainedTokenizerFast:
   if style == "demo":
-    return transformers.AutoTokenizer.from_pretrained(os.path.join(common.DEMO_DIR, "tokenizer"))
+    return transformers.AutoTokenizer.from_pretrained(os.path.join(schema.DEMO_DIR, "tokenizer"))
   scheme = {"legacy": "always", "non_legacy": "first"}[style]
   trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
   trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace("▁", prepend_scheme="always", split=True)

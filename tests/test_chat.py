@@ -13,8 +13,9 @@ from PIL import Image
 
 import llava_hf_fixtures as fx
 from llava_jax import chat
+import tiny
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = tiny.REPO
 
 
 def _write_png(path: pathlib.Path, seed: int) -> pathlib.Path:

@@ -12,11 +12,11 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 CLI_MODULES = (
-    "llava_jax.main", "llava_jax.bench", "llava_jax.bench_generate", "llava_jax.chat",
-    "llava_jax.serve", "llava_jax.webui", "llava_jax.bench_serve", "llava_jax.evaluate",
+    "llava_jax.main", "llava_jax.bench.train_step", "llava_jax.bench.generate", "llava_jax.chat",
+    "llava_jax.serve", "llava_jax.webui", "llava_jax.bench.serve", "llava_jax.evaluate",
     "llava_jax.convert.__main__",
-    "llava_jax.convert.bench_memory", "llava_jax.data.validate", "llava_jax.data.inspect",
-    "llava_jax.data.prepare", "llava_jax.data.bench", "llava_jax.data.demo.__main__",
+    "llava_jax.bench.convert_memory", "llava_jax.data.validate", "llava_jax.data.inspect",
+    "llava_jax.data.prepare", "llava_jax.bench.data_pipeline", "tools.make_demo.__main__",
     "llava_jax.datagen.__main__", "llava_jax.datagen.text",
 )
 
@@ -28,7 +28,7 @@ class CliFlagsTest(parameterized.TestCase):
     for name in CLI_MODULES:
       importlib.import_module(name)
     defined = {f: flags.FLAGS.find_module_defining_flag(f) for f in set(flags.FLAGS) - before}
-    from_clis = {f: m for f, m in defined.items() if m and m.startswith("llava_jax")}
+    from_clis = {f: m for f, m in defined.items() if m and m.startswith(("llava_jax", "tools"))}
     self.assertEmpty(from_clis, "these flags are defined at import time")
 
   @parameterized.parameters(*CLI_MODULES)

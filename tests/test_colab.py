@@ -13,7 +13,9 @@ from absl.testing import absltest
 import nbclient
 import nbformat
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+import tiny
+
+REPO = tiny.REPO
 NOTEBOOK = REPO / "colab" / "llava_jax_demo.ipynb"
 STEPS = 3
 

@@ -7,7 +7,9 @@ import subprocess
 
 from absl.testing import absltest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import tiny
+
+_ROOT = str(tiny.REPO)
 _TPU = os.path.join(_ROOT, "launch", "tpu_pod.sh")
 _SLURM = os.path.join(_ROOT, "launch", "gpu_slurm.sh")
 

@@ -12,12 +12,13 @@ import time
 from absl.testing import absltest
 import orbax.checkpoint as ocp
 
-from llava_jax import checkpoint
 from llava_jax import main as main_lib
+from llava_jax.checkpoint import workdirs
 from llava_jax.train import metrics as metrics_lib
+import tiny
 import train_fixtures
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+REPO = tiny.REPO
 
 
 class MainTest(absltest.TestCase):
@@ -51,7 +52,7 @@ class MainTest(absltest.TestCase):
     self.assertIn(f"workdir: {workdir}", output)
     last = metrics_lib.read_metrics(workdir)[-1]["step"]
     self.assertIn(f"SIGTERM: saving step {last}", output)
-    self.assertEqual(ocp.utils.checkpoint_steps(checkpoint.checkpoints_dir(workdir)), [last])
+    self.assertEqual(ocp.utils.checkpoint_steps(workdirs.checkpoints_dir(workdir)), [last])
 
     # 2. The same command resumes from that step and runs to the (now nearer) end; a changed
     # step count must be allowed explicitly.
@@ -66,7 +67,7 @@ class MainTest(absltest.TestCase):
     self.assertIn(f"Training done at step {last + 2}", output)
     self.assertIn(f"python -m llava_jax.chat --ckpt={workdir} --image=", output)
     self.assertIn(f"python -m llava_jax.convert to-hf --ckpt={workdir} --out=", output)
-    self.assertEqual(checkpoint.read_config(workdir).train.steps, last + 2)
+    self.assertEqual(workdirs.read_config(workdir).train.steps, last + 2)
 
 
 if __name__ == "__main__":

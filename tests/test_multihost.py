@@ -30,8 +30,9 @@ from llava_jax.data import pipeline
 from llava_jax.train import loop
 from llava_jax.train import metrics as metrics_lib
 from tests import train_fixtures
+import tiny
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+REPO = tiny.REPO
 NUM_PROCESSES = 2
 STEPS = 12
 PREEMPT_AFTER = 2   # SIGTERM to host 1 once step 2 is reported

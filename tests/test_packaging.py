@@ -18,9 +18,11 @@ import zipfile
 from absl.testing import absltest
 import pytest
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+import tiny
+
+REPO = tiny.REPO
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-OURS = {"llava_jax", "configs", "tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
+OURS = {"llava_jax", "configs", "tools", "tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
 
 
 def _name(requirement: str) -> str:
@@ -62,8 +64,8 @@ class DeclaredTest(absltest.TestCase):
                       f"{sorted(names)}), which pyproject.toml does not declare")
 
   def test_library_imports_are_dependencies_or_test_extras(self):
-    # torch is imported only by the parity benchmark (llava_jax/bench_torch.py): a test extra.
-    # libtpu only by `llava_jax.aot` (compiling for TPU without one): the `tpu` extra.
+    # torch is imported only by the parity benchmark (llava_jax/bench/torch_reference.py): a test extra.
+    # libtpu only by `llava_jax.bench.aot` (compiling for TPU without one): the `tpu` extra.
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     declared |= {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["tpu"]}
     self._assert_declared("llava_jax", declared | {"torch"})
@@ -91,8 +93,7 @@ class WheelTest(absltest.TestCase):
     # setuptools builds in the source tree (build/, *.egg-info): build from a copy.
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for part in ("llava_jax", "configs"):
-      shutil.copytree(REPO / part, src / part, ignore=ignore)
+    shutil.copytree(REPO / "llava_jax", src / "llava_jax", ignore=ignore)
     for part in ("pyproject.toml", "README.md"):
       shutil.copy(REPO / part, src / part)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
@@ -106,7 +107,9 @@ class WheelTest(absltest.TestCase):
     site = tmp / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(site), str(wheel)], check=True, capture_output=True, timeout=300)
-    probe = ("import llava_jax, llava_jax.api, llava_jax.main\n"
+    probe = ("import llava_jax, llava_jax.infer.api, llava_jax.main\n"
+             "from llava_jax.config import schema, training\n"
+             "schema.model_config('llava15_7b'), training.MODEL_FOR_PRESET\n"
              "from llava_jax.datagen import flan, prompts\n"
              "assert llava_jax.__file__.startswith(%r), llava_jax.__file__\n"
              "prompts.load('conv')\n"

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from llava_jax import checkpoint
+from llava_jax.checkpoint import workdirs
 import tiny
 import train_fixtures
 
@@ -51,12 +51,12 @@ def _damaged_workdir(path: pathlib.Path, lora: bool, damage) -> str:
       "lora": {"rank": 4 if lora else 0},
       "checkpoint": {"max_to_keep": 2, "async_save": False}})
   params = {"w": np.random.default_rng(0).normal(size=(256, 64)).astype(np.float32)}
-  manager = checkpoint.make_manager(path, config.checkpoint)
-  checkpoint.save(manager, 1, {"step": np.int32(1), "params": params, "opt_state": {}}, config)
-  checkpoint.seal(manager)
+  manager = workdirs.make_manager(path, config.checkpoint)
+  workdirs.save(manager, 1, {"step": np.int32(1), "params": params, "opt_state": {}}, config)
+  workdirs.seal(manager)
   manager.close()
-  checkpoint.write_config(path, config)
-  return damage(checkpoint.checkpoints_dir(path) / "1" / checkpoint.STATE)
+  workdirs.write_config(path, config)
+  return damage(workdirs.checkpoints_dir(path) / "1" / workdirs.STATE)
 
 
 # One subprocess each (seconds of imports): to-hf on a damaged model directory and the bad model
@@ -89,7 +89,7 @@ class ProgramErrorsTest(parameterized.TestCase):
     config = json.loads((bad_config / "config.json").read_text())
     config["model"]["dtype"] = "float33"
     (bad_config / "config.json").write_text(json.dumps(config))
-    (bad_config / checkpoint.CHECKSUMS).unlink()   # as a hand-edited older directory
+    (bad_config / workdirs.CHECKSUMS).unlink()   # as a hand-edited older directory
     cls.workdir_file = _damaged_workdir(tmp / "workdir", lora=False, damage=_truncate)
     cls.lora_file = _damaged_workdir(tmp / "lora_workdir", lora=True, damage=_flip_a_bit)
     out = tmp / "out"

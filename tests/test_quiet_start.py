@@ -15,7 +15,9 @@ import textwrap
 from absl.testing import absltest
 import pytest
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+import tiny
+
+REPO = tiny.REPO
 # What a fresh machine printed before the fix (issue 18).
 FAULT_LIKE = ("PyTorch was not found", "leaked shared_memory", "Unable to initialize backend",
               "Traceback", "UserWarning")
@@ -93,16 +95,16 @@ class QuietStartTest(absltest.TestCase):
         import os
         import jax
         import llava_jax
-        from configs import common
+        from llava_jax.config import schema
         from llava_jax import model as model_lib
-        from llava_jax.convert import model_dir
-        cfg = common.model_config("tiny")
+        from llava_jax.checkpoint import model_dir
+        cfg = schema.model_config("tiny")
         cfg.llm.layers = cfg.vision.layers = 1
         params = model_lib.init_params(model_lib.build(cfg), jax.random.key(0))
         path = {str(directory)!r}
         model_dir.save_params(os.path.join(path, "params"), model_lib.unbox(params))
         model_dir.write_config(path, cfg)
-        model_dir.copy_tokenizer(os.path.join(common.DEMO_DIR, "tokenizer"),
+        model_dir.copy_tokenizer(os.path.join(schema.DEMO_DIR, "tokenizer"),
                                  os.path.join(path, "tokenizer"))
         model_dir.write_preprocessor(path, model_dir.default_preprocessor(cfg))
         model = llava_jax.load(path)

@@ -8,12 +8,12 @@ import jax
 import ml_collections
 import transformers
 
-from configs import common
 from configs import finetune
 from configs import finetune_lora
 from configs import pretrain
 from llava_jax import model as model_lib
-from llava_jax.convert import model_dir
+from llava_jax.checkpoint import model_dir
+from llava_jax.config import schema
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO_TOKENIZER = REPO / "data" / "demo" / "tokenizer"   # <image> = 4, <pad> = 3, 1025 tokens
@@ -34,7 +34,7 @@ HF_TEXT = dict(vocab_size=1088, hidden_size=48, intermediate_size=96, num_hidden
 
 def model_config(image_size: int | None = None, **llm) -> ml_collections.ConfigDict:
   """The "tiny" preset; `image_size=32` gives 16-token images, `llm` overrides decoder fields."""
-  cfg = common.model_config("tiny")
+  cfg = schema.model_config("tiny")
   if image_size is not None:
     cfg.vision.image_size = image_size
   cfg.llm.update(llm)

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import common
+from llava_jax.config import schema
 from llava_jax.train import loop
 import tiny
 
@@ -36,7 +36,7 @@ class _SyntheticSample:
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng((self.seed, index))
-    num_image = common.num_image_tokens(self.model)
+    num_image = schema.num_image_tokens(self.model)
     length = int(rng.integers(num_image + 8, self.max_len + 1))
     ids = rng.integers(5, 64, self.max_len).astype(np.int32)   # small vocab: learnable
     ids[1:1 + num_image] = self.model.image_token_id

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from llava_jax.checkpoint import sources
 from llava_jax.convert import peft
-from llava_jax.convert import sources
 from llava_jax.model import lora as lora_lib
 
 
@@ -38,9 +38,9 @@ def is_lora_workdir(path) -> bool:
   path = pathlib.Path(path)
   if not (path / "checkpoints").is_dir():
     return False
-  from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from llava_jax.checkpoint import workdirs  # pylint: disable=g-import-not-at-top
   try:
-    return is_lora_config(checkpoint.read_config(path))
+    return is_lora_config(workdirs.read_config(path))
   except FileNotFoundError:
     return False
 
@@ -58,9 +58,9 @@ def read_adapter(path, model_cfg: ml_collections.ConfigDict) -> Adapter:
   if not is_lora_workdir(path):
     raise FileNotFoundError(f"{path}: not an adapter (a PEFT/LLaVA LoRA directory with "
                             f"{peft.CONFIG}, or a LoRA training workdir)")
-  from llava_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  config = checkpoint.read_config(path)
-  saved = checkpoint.restore_params(path)
+  from llava_jax.checkpoint import workdirs  # pylint: disable=g-import-not-at-top
+  config = workdirs.read_config(path)
+  saved = workdirs.restore_params(path)
   return Adapter(saved[lora_lib.LORA], saved.get("projector"), base=config.init.params_from,
                  train_config=config, dropout=config.lora.dropout)
 

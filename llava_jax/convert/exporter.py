@@ -11,13 +11,13 @@ import json
 
 import numpy as np
 
-from llava_jax import prompting
+from llava_jax.checkpoint import model_dir
+from llava_jax.checkpoint import sources
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
-from llava_jax.convert import model_dir
-from llava_jax.convert import sources
 from llava_jax.convert import tensor_files
 from llava_jax.data import chat_template
+from llava_jax.infer import prompting
 
 _DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 

@@ -1,6 +1,6 @@
 """Our model ConfigDict <-> transformers' LlavaConfig (CLIPVisionConfig + LlamaConfig).
 
-  from_hf(llava_config) -> model ConfigDict (the structure of `configs.common.model_config`)
+  from_hf(llava_config) -> model ConfigDict (the structure of `llava_jax.config.schema.model_config`)
   to_hf(model_cfg, **text_config_overrides) -> transformers.LlavaConfig
   vision_from_hf(clip_vision_config), llm_from_hf(llama_config) -> the sub-ConfigDicts
 
@@ -11,7 +11,7 @@ llava-hf's projector is always two linear layers with an activation between them
 import ml_collections
 import transformers
 
-from configs import common
+from llava_jax.config import schema
 
 # Our model.vision.feature_select -> llava-hf's vision_feature_select_strategy (the one mapping).
 HF_FEATURE_SELECT = {"patch": "default", "cls_patch": "full"}
@@ -43,7 +43,7 @@ def vision_from_hf(clip) -> ml_collections.ConfigDict:
   if _get(clip, "hidden_act") != "quick_gelu":
     raise ValueError(f"vision_config.hidden_act={_get(clip, 'hidden_act')!r}: only quick_gelu "
                      "(OpenAI CLIP) is supported")
-  c = common.vision_config("tiny")
+  c = schema.vision_config("tiny")
   c.update(dict(
       image_size=_get(clip, "image_size"), patch_size=_get(clip, "patch_size"),
       width=_get(clip, "hidden_size"), layers=_get(clip, "num_hidden_layers"),
@@ -62,7 +62,7 @@ def llm_from_hf(llama) -> ml_collections.ConfigDict:
     if _get(llama, key):
       raise ValueError(f"text_config.{key}=True is not supported (LLaMA has no biases)")
   theta, factor = _rope(llama)
-  c = common.llm_config("tiny")
+  c = schema.llm_config("tiny")
   c.update(dict(
       vocab_size=_get(llama, "vocab_size"), dim=dim, layers=_get(llama, "num_hidden_layers"),
       heads=heads, kv_heads=kv_heads, head_dim=head_dim,
@@ -87,7 +87,7 @@ def from_hf(llava) -> ml_collections.ConfigDict:
     raise ValueError(f"projector_hidden_act={act!r}: only 'gelu' (mlp2x_gelu) is supported")
   if not _get(llava, "multimodal_projector_bias", True):
     raise ValueError("multimodal_projector_bias=False is not supported")
-  c = common.model_config("tiny")
+  c = schema.model_config("tiny")
   c.preset = "hf"
   c.vision = vision_from_hf(_get(llava, "vision_config"))
   c.vision.feature_layer = layer
@@ -122,5 +122,5 @@ def to_hf(model_cfg: ml_collections.ConfigDict, **text_overrides) -> transformer
       image_token_index=model_cfg.image_token_id, projector_hidden_act="gelu",
       vision_feature_layer=v.feature_layer,
       vision_feature_select_strategy=HF_FEATURE_SELECT[v.feature_select],
-      image_seq_length=common.num_image_tokens(model_cfg),
+      image_seq_length=schema.num_image_tokens(model_cfg),
       tie_word_embeddings=t.tie_embeddings)

@@ -17,11 +17,11 @@ import ml_collections
 import numpy as np
 import transformers
 
-from llava_jax import prompting
+from llava_jax.checkpoint import model_dir
 from llava_jax.convert import hf
 from llava_jax.convert import hf_config
-from llava_jax.convert import model_dir
 from llava_jax.convert import tensor_files
+from llava_jax.infer import prompting
 from llava_jax.model import projector as projector_lib
 
 IMAGE_TOKEN = "<image>"

@@ -3,7 +3,7 @@
 `convert to-hf` writes it as `chat_template.jinja`, which the exported tokenizer and
 `LlavaProcessor` both read, so that `processor.apply_chat_template(messages,
 add_generation_prompt=True, tokenize=True)` gives the ids our `prompting.PromptEncoder` gives
-(checked in tests/test_chat_template.py). It follows prompting.to_turns: system messages
+(checked in tests/data/test_chat_template.py). It follows prompting.to_turns: system messages
 (joined with "\\n") replace the system prompt; a user message's content parts are joined with
 "\\n", images written as `<image>`, then placed by the model's rule; assistant text is stripped.
 """

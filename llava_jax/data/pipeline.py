@@ -48,8 +48,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from configs import common
-from llava_jax import config_check
+from llava_jax.config import check as config_check
+from llava_jax.config import schema
 from llava_jax.data import conversation
 from llava_jax.data import image as image_lib
 from llava_jax.data import records as records_lib
@@ -117,7 +117,7 @@ class SampleBuilder:
     self.system_prompt = data_cfg.system_prompt
     self.image_size = model_cfg.vision.image_size
     self.image_token_id = model_cfg.image_token_id
-    self.num_image_tokens = common.num_image_tokens(model_cfg)
+    self.num_image_tokens = schema.num_image_tokens(model_cfg)
     self.seed = seed
     self.strict = data_cfg.on_error == "strict"
 

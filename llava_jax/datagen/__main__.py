@@ -14,8 +14,8 @@ import os
 from absl import app
 from absl import flags
 
+from llava_jax import openai_client as client_lib
 from llava_jax.datagen import annotations as annotations_lib
-from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import generate
 from llava_jax.datagen import prompts
 

@@ -19,8 +19,8 @@ from typing import Sequence
 
 import tqdm
 
+from llava_jax import openai_client as client_lib
 from llava_jax.data import records as records_lib
-from llava_jax.datagen import client as client_lib
 from llava_jax.datagen import context as context_lib
 from llava_jax.datagen import journal as journal_lib
 from llava_jax.datagen import parse

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import tqdm
 
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 
 AnswerFn = Callable[[list[str], list[str | None]], list[str]]
 

@@ -16,7 +16,7 @@ import collections
 import os
 import re
 
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 from llava_jax.datagen import journal
 from llava_jax.eval import answer_file
 

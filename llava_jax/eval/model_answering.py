@@ -8,8 +8,8 @@ does not fit the context is answered with "" (scored as wrong) instead of stoppi
 
 import numpy as np
 
-from llava_jax import prompting
 from llava_jax.eval import answering
+from llava_jax.infer import prompting
 
 
 def model_answer_fn(model, *, max_new_tokens: int = 256,
@@ -59,8 +59,8 @@ def model_answer_fn(model, *, max_new_tokens: int = 256,
 
 
 def load_answer_fn(ckpt: str, adapter: str | None = None, **kw) -> answering.AnswerFn:
-  import llava_jax.api  # Deferred: the whole model stack.
-  return model_answer_fn(llava_jax.api.load(ckpt, adapter=adapter), **kw)
+  import llava_jax.infer.api  # Deferred: the whole model stack.
+  return model_answer_fn(llava_jax.infer.api.load(ckpt, adapter=adapter), **kw)
 
 
 def _pad_images(pixels_MxHxWx3: np.ndarray, m: int) -> np.ndarray:

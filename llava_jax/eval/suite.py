@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Callable
 
-from llava_jax.datagen import client as client_lib
+from llava_jax import openai_client as client_lib
 from llava_jax.eval import answer_file
 from llava_jax.eval import gqa
 from llava_jax.eval import llava_bench

@@ -23,7 +23,7 @@ def platform_of(devices) -> str:
 
 
 def model_dataclass(model_cfg, platform: str | None = None) -> LlavaConfig:
-  """Plain frozen hyperparameters from the ConfigDict `configs.common.model_config(...)`.
+  """Plain frozen hyperparameters from the ConfigDict `llava_jax.config.schema.model_config(...)`.
 
   `platform` is that of the devices the module will run on (a mesh's; for an ahead-of-time
   compile, the target topology's): it picks the layer unroll and whether Pallas kernels run

@@ -17,9 +17,9 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from llava_jax import prompting
-from llava_jax import sampling
 from llava_jax.data import image as image_lib
+from llava_jax.infer import prompting
+from llava_jax.infer import sampling
 
 # name -> how it is treated (the README table is written from this).
 FIELDS = {

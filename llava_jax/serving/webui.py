@@ -11,8 +11,8 @@ import queue
 import gradio as gr
 import numpy as np
 
-from llava_jax import prompting
-from llava_jax import sampling
+from llava_jax.infer import prompting
+from llava_jax.infer import sampling
 from llava_jax.serving import protocol
 
 DEMO_IMAGES = pathlib.Path(__file__).resolve().parents[2] / "data" / "demo" / "images"

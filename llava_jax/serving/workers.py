@@ -3,7 +3,7 @@ back through each job's `emit`, so the HTTP event loop and the web UI never run 
 
 - `ContinuousWorker` (default): `scheduler.SlotScheduler`; a job joins the running decode batch
   at the next chunk boundary, a finished row frees its slot.
-- `StaticWorker`: the earlier scheme, kept for comparison (`bench_serve`): takes every waiting
+- `StaticWorker`: the earlier scheme, kept for comparison (`bench.serve`): takes every waiting
   job (up to max_batch), decodes them as one batch, and only then looks at the queue again.
 """
 
@@ -12,8 +12,8 @@ import threading
 
 import numpy as np
 
-from llava_jax import scheduler as scheduler_lib
-from llava_jax import text_stream
+from llava_jax.infer import scheduler as scheduler_lib
+from llava_jax.infer import text_stream
 from llava_jax.serving import protocol
 
 

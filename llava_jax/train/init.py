@@ -10,7 +10,7 @@ A resumed run ignores both: its checkpoint has everything.
 import jax
 import ml_collections
 
-from llava_jax import checkpoint
+from llava_jax.checkpoint import workdirs
 from llava_jax.train import state as state_lib
 
 
@@ -20,14 +20,14 @@ def initial_params(init_cfg: ml_collections.ConfigDict, factory: state_lib.State
   target = factory.base_target()
   if init_cfg.params_from:
     # Imported late: reading llava-hf directories pulls in transformers.
-    from llava_jax.convert import sources
+    from llava_jax.checkpoint import sources
     params = sources.read_checkpoint(init_cfg.params_from, target=target,
                                      dtype=factory.model_cfg.param_dtype).params
     params = state_lib.place_params(params, target)
   else:
     params = factory.random_params(rng)
   if init_cfg.projector_from:
-    restored = checkpoint.restore_params(init_cfg.projector_from,
+    restored = workdirs.restore_params(init_cfg.projector_from,
                                          {"projector": target["projector"]})
     params = {**params, "projector": restored["projector"]}
   return params

@@ -3,7 +3,7 @@
 data → (global, sharded) batch → jitted `train_step` (donated state) → metrics one step late →
 async Orbax checkpoints every `checkpoint.every_steps`, at the end, and on SIGTERM.
 A workdir that already holds a committed checkpoint resumes from it exactly (params, optimizer,
-step and data-iterator position): from its newest intact step (`checkpoint.restore_latest`),
+step and data-iterator position): from its newest intact step (`workdirs.restore_latest`),
 after comparing its saved config with this one (`train/resume.py`).
 """
 
@@ -17,9 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from llava_jax import checkpoint
-from llava_jax import config_check
 from llava_jax import sharding
+from llava_jax.checkpoint import workdirs
+from llava_jax.config import check as config_check
 from llava_jax.model import splash
 from llava_jax.train import metrics as metrics_lib
 from llava_jax.train import resume
@@ -110,12 +110,12 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
   data = data or make_data(config)
   num_steps = total_steps(config, data.num_records)
   factory, schedule = make_factory(config, mesh, num_steps)
-  manager = checkpoint.make_manager(workdir, config.checkpoint)
+  manager = workdirs.make_manager(workdir, config.checkpoint)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
   check_saved_config = lambda step, step_dir: resume.check(
-      checkpoint.read_config(step_dir), config, step, str(workdir))
-  start, restored = checkpoint.restore_latest(
+      workdirs.read_config(step_dir), config, step, str(workdir))
+  start, restored = workdirs.restore_latest(
       manager, factory.saved(factory.abstract), data.iterator,
       strict=config.checkpoint.strict_restore, check=check_saved_config)
   if start is not None:
@@ -124,14 +124,14 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
     start = 0
     state = factory.initial_state(config.init, init_rng)
   if jax.process_index() == 0:
-    checkpoint.write_config(workdir, config)
+    workdirs.write_config(workdir, config)
 
   train_step = step_lib.jit_train_step(config, factory, schedule, mesh)
 
   reporter = metrics_lib.Reporter(workdir, start, num_steps, config.train.log_every_steps)
   reporter.write(f"steps {start} -> {num_steps}, mesh {dict(mesh.shape)}, "
                  f"{factory.num_trainable():,} of {factory.num_params():,} parameters train")
-  save = lambda step, force=False: checkpoint.save(
+  save = lambda step, force=False: workdirs.save(
       manager, step, factory.saved(state), config, data.iterator, force=force)
   try:
     with _Sigterm() as sigterm:
@@ -153,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir, data: Data | None = None) ->
         _report(reporter, *pending, config.train.on_nonfinite)
       if step not in manager.all_steps():
         save(step, force=True)
-      checkpoint.seal(manager)   # the last step's checksums
+      workdirs.seal(manager)   # the last step's checksums
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -188,7 +188,7 @@ def _report(reporter: metrics_lib.Reporter, step: int, device_metrics: dict[str,
 def _finished_message(workdir: pathlib.Path, step: int, config) -> str:
   images = sorted(p for p in pathlib.Path(config.data.image_dir).glob("*") if p.is_file())
   image = images[0] if images else "IMAGE.jpg"
-  step_dir = checkpoint.checkpoints_dir(workdir) / str(step)
+  step_dir = workdirs.checkpoints_dir(workdir) / str(step)
   message = (f"\nTraining done at step {step}. Checkpoint: {step_dir}\n"
              f"Chat with it:\n  python -m llava_jax.chat --ckpt={workdir} --image={image}\n")
   if config.lora.rank > 0:
