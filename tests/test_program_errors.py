@@ -72,7 +72,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 CASES = ("main_damaged_workdir", "main_bad_config", "chat_damaged", "chat_bad_config",
          "serve_damaged", "evaluate_damaged", "to_hf_damaged_workdir", "to_hf_missing",
-         "to_peft_damaged_workdir")
+         "to_peft_damaged_workdir", "to_peft_not_lora")
 
 
 @pytest.mark.integration
@@ -117,6 +117,8 @@ class ProgramErrorsTest(parameterized.TestCase):
         "to_peft_damaged_workdir": (["-m", "llava_jax.convert", "to-peft",
                                      f"--ckpt={tmp / 'lora_workdir'}", f"--out={out}"],
                                     cls.lora_file),
+        "to_peft_not_lora": (["-m", "llava_jax.convert", "to-peft", f"--ckpt={tmp / 'workdir'}",
+                              f"--out={out}"], "not a LoRA training workdir"),
     }
     with concurrent.futures.ThreadPoolExecutor(2) as pool:   # the machine has 2 cores
       cls.results = dict(zip(cls.cases, pool.map(_run, [a for a, _ in cls.cases.values()])))

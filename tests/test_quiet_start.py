@@ -107,6 +107,7 @@ class QuietStartTest(absltest.TestCase):
         model_dir.copy_tokenizer(os.path.join(schema.DEMO_DIR, "tokenizer"),
                                  os.path.join(path, "tokenizer"))
         model_dir.write_preprocessor(path, model_dir.default_preprocessor(cfg))
+        model_dir.seal(path, cfg)
         model = llava_jax.load(path)
         print(len(model.chat(None, "What is it?", max_new_tokens=2)) >= 0)
     """)

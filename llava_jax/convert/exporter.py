@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from llava_jax import errors
 from llava_jax.checkpoint import model_dir
 from llava_jax.checkpoint import sources
 from llava_jax.convert import hf
@@ -108,13 +109,17 @@ def export_llava_hf(ckpt: str, out: str, *, overwrite: bool = False, dtype: str 
   return files
 
 
+class NotLoraError(errors.UserError, ValueError):
+  """to-peft asked of a checkpoint that holds no adapters."""
+
+
 def export_peft(ckpt: str, out: str, *, overwrite: bool = False) -> list[str]:
   """Writes the adapters (and projector) of a LoRA workdir `ckpt` as a PEFT directory `out`."""
   from llava_jax.convert import adapters  # pylint: disable=g-import-not-at-top
   from llava_jax.convert import peft  # pylint: disable=g-import-not-at-top
   if not adapters.is_lora_workdir(ckpt):
-    raise ValueError(f"{ckpt}: not a LoRA training workdir (configs/finetune_lora.py); it has "
-                     "no adapters to export")
+    raise NotLoraError(f"{ckpt}: not a LoRA training workdir (configs/finetune_lora.py); it has "
+                       "no adapters to export (to-hf exports a full model)")
   model_cfg = sources.read_model_config(ckpt)
   adapter = adapters.read_adapter(ckpt, model_cfg)
   config, tensors = peft.to_peft(adapter.adapters, adapter.projector, model_cfg,

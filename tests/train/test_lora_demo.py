@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from llava_jax.train import metrics as metrics_lib
+import tiny
 
-REPO = pathlib.Path(__file__).absolute().parents[1]
+REPO = tiny.REPO
 STEPS = 30
 
 
