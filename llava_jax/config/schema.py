@@ -8,40 +8,54 @@ import os
 
 import ml_collections
 
-
-def vision_config(preset: str) -> ml_collections.ConfigDict:
-  """CLIP ViT hyperparameters (OpenAI CLIP layout)."""
-  presets = {
-      # Tiny tower for tests and the CPU demo: 64 px / 8 px patches = 64 patches.
-      "tiny": dict(image_size=64, patch_size=8, width=64, layers=2, heads=2, mlp_dim=256),
-      "clip_vit_l14_224": dict(image_size=224, patch_size=14, width=1024, layers=24, heads=16,
-                               mlp_dim=4096),
-      "clip_vit_l14_336": dict(image_size=336, patch_size=14, width=1024, layers=24, heads=16,
-                               mlp_dim=4096),
-  }
-  c = ml_collections.ConfigDict(presets[preset])
-  c.layer_norm_eps = 1e-5
-  c.feature_layer = -2          # LLaVA reads the second-to-last layer.
-  c.feature_select = "patch"    # "patch" drops CLS; "cls_patch" keeps it.
-  return c
+VISION_PRESETS = {
+    # Tiny tower for tests and the CPU demo: 64 px / 8 px patches = 64 patches.
+    "tiny": dict(image_size=64, patch_size=8, width=64, layers=2, heads=2, mlp_dim=256),
+    "clip_vit_l14_224": dict(image_size=224, patch_size=14, width=1024, layers=24, heads=16,
+                             mlp_dim=4096),
+    "clip_vit_l14_336": dict(image_size=336, patch_size=14, width=1024, layers=24, heads=16,
+                             mlp_dim=4096),
+}
 
 
-def llm_config(preset: str) -> ml_collections.ConfigDict:
-  """LLaMA-style decoder hyperparameters."""
-  presets = {
-      "tiny": dict(vocab_size=2048, dim=128, layers=4, heads=4, kv_heads=2, head_dim=32,
-                   mlp_dim=352, max_len=512, norm_eps=1e-5),
-      # Vicuna v1.5 (LLaMA-2) shapes; vocab padded as in llava-hf (32000 text + <image> + <pad> ...).
-      "vicuna_7b": dict(vocab_size=32064, dim=4096, layers=32, heads=32, kv_heads=32, head_dim=128,
-                        mlp_dim=11008, max_len=4096, norm_eps=1e-5),
-      "vicuna_13b": dict(vocab_size=32064, dim=5120, layers=40, heads=40, kv_heads=40, head_dim=128,
-                         mlp_dim=13824, max_len=4096, norm_eps=1e-5),
-  }
-  c = ml_collections.ConfigDict(presets[preset])
-  c.rope_theta = 10000.0
-  c.rope_scaling_factor = 1.0   # Linear position interpolation; 1.0 = off.
-  c.tie_embeddings = False
-  return c
+def _shape(kind: str, presets: dict, preset: str | None, shape: dict) -> dict:
+  """A preset's shape, or (preset None) `shape` alone, which must then give every shape field."""
+  if preset is not None:
+    return {**presets[preset], **shape}
+  if missing := sorted(set(next(iter(presets.values()))) - set(shape)):
+    raise ValueError(f"{kind}: no preset and no {', '.join(missing)}")
+  return dict(shape)
+
+
+def vision_config(preset: str | None = None, **shape) -> ml_collections.ConfigDict:
+  """CLIP ViT hyperparameters (OpenAI CLIP layout): a VISION_PRESETS shape, or with no preset the
+  `shape` fields alone (a checkpoint's), then the defaults below unless `shape` sets them."""
+  defaults = dict(layer_norm_eps=1e-5,
+                  feature_layer=-2,           # LLaVA reads the second-to-last layer.
+                  feature_select="patch")     # "patch" drops CLS; "cls_patch" keeps it.
+  return ml_collections.ConfigDict({**_shape("vision_config", VISION_PRESETS, preset, shape),
+                                    **{k: v for k, v in defaults.items() if k not in shape}})
+
+
+LLM_PRESETS = {
+    "tiny": dict(vocab_size=2048, dim=128, layers=4, heads=4, kv_heads=2, head_dim=32,
+                 mlp_dim=352, max_len=512, norm_eps=1e-5),
+    # Vicuna v1.5 (LLaMA-2) shapes; vocab padded as in llava-hf (32000 text + <image> + <pad> ...).
+    "vicuna_7b": dict(vocab_size=32064, dim=4096, layers=32, heads=32, kv_heads=32, head_dim=128,
+                      mlp_dim=11008, max_len=4096, norm_eps=1e-5),
+    "vicuna_13b": dict(vocab_size=32064, dim=5120, layers=40, heads=40, kv_heads=40, head_dim=128,
+                       mlp_dim=13824, max_len=4096, norm_eps=1e-5),
+}
+
+
+def llm_config(preset: str | None = None, **shape) -> ml_collections.ConfigDict:
+  """LLaMA-style decoder hyperparameters: an LLM_PRESETS shape, or with no preset the `shape`
+  fields alone (a checkpoint's), then the defaults below unless `shape` sets them."""
+  defaults = dict(rope_theta=10000.0,
+                  rope_scaling_factor=1.0,    # linear position interpolation; 1.0 = off
+                  tie_embeddings=False)
+  return ml_collections.ConfigDict({**_shape("llm_config", LLM_PRESETS, preset, shape),
+                                    **{k: v for k, v in defaults.items() if k not in shape}})
 
 
 # name: (vision preset, llm preset, projector, image_token_id)
@@ -53,13 +67,22 @@ MODEL_PRESETS = {
 }
 
 
-def model_config(preset: str) -> ml_collections.ConfigDict:
-  """The full LLaVA model config for a preset name in MODEL_PRESETS."""
-  vision, llm, projector, image_token_id = MODEL_PRESETS[preset]
+def model_config(preset: str | None = None, *, name: str | None = None,
+                 vision: ml_collections.ConfigDict | None = None,
+                 llm: ml_collections.ConfigDict | None = None, projector: str | None = None,
+                 image_token_id: int | None = None) -> ml_collections.ConfigDict:
+  """The full LLaVA model config: a MODEL_PRESETS name, or (no preset) the architecture given
+  alone, e.g. read from a checkpoint, as `name`. The run settings below are the defaults."""
+  if preset is not None:
+    vision_preset, llm_preset, projector, image_token_id = MODEL_PRESETS[preset]
+    vision, llm, name = vision_config(vision_preset), llm_config(llm_preset), preset
+  elif None in (vision, llm, projector, image_token_id, name):
+    raise ValueError("model_config: give a preset, or name, vision, llm, projector and "
+                     "image_token_id")
   c = ml_collections.ConfigDict()
-  c.preset = preset
-  c.vision = vision_config(vision)
-  c.llm = llm_config(llm)
+  c.preset = name
+  c.vision = vision
+  c.llm = llm
   c.projector = projector       # "linear" | "mlp{N}x_gelu"
   c.image_token_id = image_token_id
   c.dtype = "float32"           # compute dtype; "bfloat16" on accelerators
@@ -71,9 +94,10 @@ def model_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def num_image_tokens(model: ml_collections.ConfigDict) -> int:
-  """Tokens each image expands to in the sequence (static)."""
-  patches = (model.vision.image_size // model.vision.patch_size) ** 2
-  return patches + (1 if model.vision.feature_select == "cls_patch" else 0)
+  """Tokens each image expands to in the sequence (static): the model's one formula."""
+  from llava_jax.model import vision  # pylint: disable=g-import-not-at-top  # keeps this module light
+  return vision.image_tokens(model.vision.image_size, model.vision.patch_size,
+                             model.vision.feature_select)
 
 
 def mesh_config() -> ml_collections.ConfigDict:

@@ -43,13 +43,11 @@ def vision_from_hf(clip) -> ml_collections.ConfigDict:
   if _get(clip, "hidden_act") != "quick_gelu":
     raise ValueError(f"vision_config.hidden_act={_get(clip, 'hidden_act')!r}: only quick_gelu "
                      "(OpenAI CLIP) is supported")
-  c = schema.vision_config("tiny")
-  c.update(dict(
+  return schema.vision_config(
       image_size=_get(clip, "image_size"), patch_size=_get(clip, "patch_size"),
       width=_get(clip, "hidden_size"), layers=_get(clip, "num_hidden_layers"),
       heads=_get(clip, "num_attention_heads"), mlp_dim=_get(clip, "intermediate_size"),
-      layer_norm_eps=float(_get(clip, "layer_norm_eps", 1e-5))))
-  return c
+      layer_norm_eps=float(_get(clip, "layer_norm_eps", 1e-5)))
 
 
 def llm_from_hf(llama) -> ml_collections.ConfigDict:
@@ -62,14 +60,12 @@ def llm_from_hf(llama) -> ml_collections.ConfigDict:
     if _get(llama, key):
       raise ValueError(f"text_config.{key}=True is not supported (LLaMA has no biases)")
   theta, factor = _rope(llama)
-  c = schema.llm_config("tiny")
-  c.update(dict(
+  return schema.llm_config(
       vocab_size=_get(llama, "vocab_size"), dim=dim, layers=_get(llama, "num_hidden_layers"),
       heads=heads, kv_heads=kv_heads, head_dim=head_dim,
       mlp_dim=_get(llama, "intermediate_size"), max_len=_get(llama, "max_position_embeddings", 2048),
       norm_eps=float(_get(llama, "rms_norm_eps", 1e-6)), rope_theta=theta,
-      rope_scaling_factor=factor, tie_embeddings=bool(_get(llama, "tie_word_embeddings", False))))
-  return c
+      rope_scaling_factor=factor, tie_embeddings=bool(_get(llama, "tie_word_embeddings", False)))
 
 
 def from_hf(llava) -> ml_collections.ConfigDict:
@@ -87,15 +83,15 @@ def from_hf(llava) -> ml_collections.ConfigDict:
     raise ValueError(f"projector_hidden_act={act!r}: only 'gelu' (mlp2x_gelu) is supported")
   if not _get(llava, "multimodal_projector_bias", True):
     raise ValueError("multimodal_projector_bias=False is not supported")
-  c = schema.model_config("tiny")
-  c.preset = "hf"
-  c.vision = vision_from_hf(_get(llava, "vision_config"))
-  c.vision.feature_layer = layer
-  c.vision.feature_select = select
-  c.llm = llm_from_hf(_get(llava, "text_config"))
-  c.projector = "mlp2x_gelu"
-  c.image_token_id = _get(llava, "image_token_index", _get(llava, "image_token_id"))
-  return c
+  vision = vision_from_hf(_get(llava, "vision_config"))
+  vision.feature_layer = layer
+  vision.feature_select = select
+  # Every architecture field comes from the checkpoint; only run settings (dtype, remat, ...)
+  # take the schema's defaults.
+  return schema.model_config(
+      name="hf", vision=vision, llm=llm_from_hf(_get(llava, "text_config")),
+      projector="mlp2x_gelu",
+      image_token_id=_get(llava, "image_token_index", _get(llava, "image_token_id")))
 
 
 def to_hf(model_cfg: ml_collections.ConfigDict, **text_overrides) -> transformers.LlavaConfig:

@@ -30,6 +30,8 @@ from llava_jax.model import splash
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
+  """Built from the config schema (`llava_jax.config.schema.llm_config`), which holds the
+  defaults; every field is given."""
   vocab_size: int
   dim: int
   layers: int
@@ -37,11 +39,11 @@ class DecoderConfig:
   kv_heads: int
   head_dim: int
   mlp_dim: int
-  max_len: int = 4096
-  norm_eps: float = 1e-5
-  rope_theta: float = 10000.0
-  rope_scaling_factor: float = 1.0
-  tie_embeddings: bool = False
+  max_len: int
+  norm_eps: float
+  rope_theta: float
+  rope_scaling_factor: float
+  tie_embeddings: bool
 
 
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:

@@ -34,21 +34,22 @@ from llava_jax.model import vision as vision_lib
 
 @dataclasses.dataclass(frozen=True)
 class LlavaConfig:
+  """Built by `model.model_dataclass` from the config schema, which holds every default."""
   vision: vision_lib.VisionConfig
   llm: llama.DecoderConfig
-  projector: str = "mlp2x_gelu"
-  image_token_id: int = 32000
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: str = "none"
-  attention: str = "xla"
-  scan_unroll: int = 1  # decoder layers per scan iteration (build() resolves the config's 0)
-  platform: str = "cpu"  # of the target devices: TPU runs Pallas kernels compiled, others interpret
+  projector: str
+  image_token_id: int
+  dtype: str
+  param_dtype: str
+  remat: str
+  attention: str
+  scan_unroll: int   # decoder layers per scan iteration (model_dataclass resolves the config's 0)
+  platform: str      # of the target devices: TPU runs Pallas kernels compiled, others interpret
 
   @property
   def num_image_tokens(self) -> int:
-    extra = 1 if self.vision.feature_select == "cls_patch" else 0
-    return self.vision.num_patches + extra
+    v = self.vision
+    return vision_lib.image_tokens(v.image_size, v.patch_size, v.feature_select)
 
 
 def merge_image_features(input_ids_BxT, text_BxTxD, images_BxMxNxD, image_token_id: int):

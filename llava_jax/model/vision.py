@@ -13,17 +13,24 @@ import jax.numpy as jnp
 from llava_jax.model import layers
 
 
+def image_tokens(image_size: int, patch_size: int, feature_select: str) -> int:
+  """Tokens one image becomes: its patches, plus CLS when `feature_select` keeps it."""
+  return (image_size // patch_size) ** 2 + (1 if feature_select == "cls_patch" else 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+  """Built from the config schema (`llava_jax.config.schema.vision_config`), which holds the
+  defaults; every field is given."""
   image_size: int
   patch_size: int
   width: int
   layers: int
   heads: int
   mlp_dim: int
-  layer_norm_eps: float = 1e-5
-  feature_layer: int = -2        # index into HF hidden_states: 0 = embeddings after pre-norm.
-  feature_select: str = "patch"  # "patch" drops CLS, "cls_patch" keeps it.
+  layer_norm_eps: float
+  feature_layer: int       # index into HF hidden_states: 0 = embeddings after pre-norm.
+  feature_select: str      # "patch" drops CLS, "cls_patch" keeps it.
 
   @property
   def num_patches(self) -> int:
