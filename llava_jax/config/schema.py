@@ -22,7 +22,7 @@ def _shape(kind: str, presets: dict, preset: str | None, shape: dict) -> dict:
   """A preset's shape, or (preset None) `shape` alone, which must then give every shape field."""
   if preset is not None:
     return {**presets[preset], **shape}
-  if missing := sorted(set(next(iter(presets.values()))) - set(shape)):
+  if missing := sorted(k for k in next(iter(presets.values())) if shape.get(k) is None):
     raise ValueError(f"{kind}: no preset and no {', '.join(missing)}")
   return dict(shape)
 

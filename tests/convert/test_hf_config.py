@@ -39,6 +39,12 @@ class FromHfTest(absltest.TestCase):
     for key in ("dtype", "param_dtype", "remat", "attention", "scan_unroll"):
       self.assertEqual(cfg[key], preset[key], key)
 
+  def test_a_field_missing_from_the_checkpoint_is_named(self):
+    hf = transformers.LlavaConfig(vision_config=VISION, text_config=TEXT).to_dict()
+    del hf["vision_config"]["patch_size"]
+    with self.assertRaisesRegex(ValueError, "no patch_size"):
+      hf_config.from_hf(hf)
+
   def test_a_shape_without_a_preset_must_give_every_field(self):
     with self.assertRaisesRegex(ValueError, "vision_config: no preset and no heads, mlp_dim"):
       schema.vision_config(image_size=40, patch_size=5, width=48, layers=3)
