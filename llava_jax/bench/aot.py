@@ -276,7 +276,7 @@ def run(config, accelerator_type: str, *, target: str = "train", unroll: bool = 
       full_layers=schema.model_config(model_cfg.preset).llm.layers, dtype=model_cfg.dtype, remat=model_cfg.remat,
       attention=model_cfg.attention, mesh=dict(config.mesh),
       batch_size=config.train.batch_size, seq_len=config.data.max_len,
-      grad_accum_steps=config.train.grad_accum_steps,
+      images_per_row=config.data.max_images, grad_accum_steps=config.train.grad_accum_steps,
       loss_chunk_len=config.train.loss_chunk_len, mu_dtype=config.optim.mu_dtype,
       source=f"XLA cost-model estimate and memory analysis, AOT-compiled for {accelerator_type}",
       **result)
@@ -289,8 +289,8 @@ def _gib(n):
 def _setting(r: dict) -> tuple:
   """What identifies a recipe row apart from the compiled layer count and unrolling."""
   return (r["preset"], tuple(r.get("trained", ())), r["topology"], r["attention"], r["remat"],
-          r["batch_size"], r["seq_len"], r["grad_accum_steps"], r["loss_chunk_len"],
-          r["mu_dtype"], str(r["mesh"]))
+          r["batch_size"], r["seq_len"], r.get("images_per_row", 1), r["grad_accum_steps"],
+          r["loss_chunk_len"], r["mu_dtype"], str(r["mesh"]))
 
 
 def _affine(points: list[tuple[int, float]], layers: int) -> float:
@@ -389,6 +389,11 @@ def _stage(r: dict) -> str:
   return "2" if "llm" in trained else "1" if trained == {"projector"} else "+".join(sorted(trained))
 
 
+def _model_label(r: dict) -> str:
+  """The preset, marked when the rows held no images (the decoder alone ran: max_images=0)."""
+  return r["preset"] + (" (text only)" if r.get("images_per_row") == 0 else "")
+
+
 def format_table(results: list[dict]) -> str:
   """Markdown rows: preset, stage, slice, settings, per-chip HBM, fits, XLA cost-model MFU (not
   for splash rows: the cost model does not cost Mosaic kernels), compile times, sources."""
@@ -409,7 +414,7 @@ def format_table(results: list[dict]) -> str:
                          + (f" ({cpu:.0f} CPU)" if cpu else "")
                          for layers, unrolled, wall, cpu in r["compiles"])
     lines.append("| " + " | ".join([
-        r["preset"], _stage(r), r["topology"], r["attention"],
+        _model_label(r), _stage(r), r["topology"], r["attention"],
         ",".join(str(r["mesh"].get(k, "?")) for k in ("data", "fsdp", "tensor")),
         f"{r['batch_size']} x {r['seq_len']} ({r['grad_accum_steps']})",
         f"{m['argument_bytes'] / 2**30:.2f}", f"{m['temp_bytes'] / 2**30:.2f}",
