@@ -125,8 +125,8 @@ def hlo_summary(hlo_text: str) -> dict:
               mosaic_kernels=len(kernels), mosaic_kernel_names=sorted({n.split('/')[-1] for n in names}))
 
 
-def memory_summary(compiled, tpu_slice: Slice) -> dict:
-  m = compiled.memory_analysis()
+def memory_summary(m, tpu_slice: Slice) -> dict:
+  """Per-chip HBM from XLA's memory analysis (`compiled.memory_analysis()`) against capacity."""
   total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
            - m.alias_size_in_bytes)
   return dict(argument_bytes=m.argument_size_in_bytes, output_bytes=m.output_size_in_bytes,
@@ -197,7 +197,7 @@ def compile_train(config, tpu_slice: Slice, devices, *, unroll: bool = True) -> 
                     for x in jax.tree.leaves(setup.factory.abstract))
   result = dict(target="train", unrolled=unroll, trained=[p for p, on in parts.items() if on],
                 **times, model_flops_per_step=step_flops,
-                state_bytes_total=state_bytes, memory=memory_summary(compiled, tpu_slice),
+                state_bytes_total=state_bytes, memory=memory_summary(compiled.memory_analysis(), tpu_slice),
                 **hlo_summary(compiled.as_text()))
   cost = _cost(compiled)
   if "optimal_seconds" in cost and unroll:
@@ -246,7 +246,7 @@ def compile_generate(config, tpu_slice: Slice, devices, *, batch: int, prompt_le
   decode, decode_times = _compile(gen.decode_until, params, state, replicated(jnp.int32(0)),
                               on_rows(jax.ShapeDtypeStruct((batch,), jnp.bool_)), sample_kw)
   def summary(compiled, times):
-    return dict(**times, memory=memory_summary(compiled, tpu_slice),
+    return dict(**times, memory=memory_summary(compiled.memory_analysis(), tpu_slice),
                 xla_cost_model_estimate=_cost(compiled), **hlo_summary(compiled.as_text()))
   # The decode while-loop's body is counted once by the cost model: one token's step.
   return dict(target="generate", gen_batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
@@ -389,6 +389,11 @@ def _stage(r: dict) -> str:
   return "2" if "llm" in trained else "1" if trained == {"projector"} else "+".join(sorted(trained))
 
 
+# Attention that compiles to a Mosaic kernel, which XLA's cost model does not cost (MaxText's
+# `flash` is the same splash kernel).
+UNCOSTED_ATTENTION = ("splash", "flash")
+
+
 def _model_label(r: dict) -> str:
   """The preset, marked when the rows held no images (the decoder alone ran: max_images=0)."""
   return r["preset"] + (" (text only)" if r.get("images_per_row") == 0 else "")
@@ -406,8 +411,8 @@ def format_table(results: list[dict]) -> str:
     m, est = r["memory"], r["xla_cost_model_estimate"]
     if est is None:
       mfu = "-"
-    elif r["attention"] == "splash":
-      mfu = "n/c (splash not costed)"
+    elif r["attention"] in UNCOSTED_ATTENTION:
+      mfu = f"n/c ({r['attention']} not costed)"
     else:
       mfu = f"{100 * est['mfu']:.1f}% ({est['source']})"
     compiles = ", ".join(f"{layers}{'u' if unrolled else 's'} {wall:.0f}"
