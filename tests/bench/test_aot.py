@@ -102,6 +102,14 @@ class TableTest(absltest.TestCase):
     self.assertIn("n/c (splash not costed)", table)
     self.assertIn("| 30.0 / 95 | yes |", table)
 
+  def test_an_estimate_whose_xla_flops_fall_short_is_flagged(self):
+    rows = [self.result(1, 2.0, 0.5), self.result(2, 3.0, 1.0)]
+    for r, ratio in zip(rows, (1.05, 0.74)):
+      r["xla_cost_model_estimate"]["xla_flops_per_model_flop"] = ratio
+    self.assertIn("XLA counted only 0.74x the model FLOPs", aot.format_table(rows))
+    rows[1]["xla_cost_model_estimate"]["xla_flops_per_model_flop"] = 1.02
+    self.assertNotIn("counted only", aot.format_table(rows))
+
   def test_stages_are_separate_rows(self):
     stage1 = dict(self.result(2, 3.0, 1.0), trained=["projector"])
     self.assertEqual(len(aot.recipe_rows([self.result(2, 3.0, 1.0), stage1])), 2)
