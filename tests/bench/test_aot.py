@@ -137,6 +137,16 @@ class TpuCompileTest(absltest.TestCase):
       self.assertGreater(r[phase]["xla_cost_model_estimate"]["flops"], 0, phase)
     self.assertEqual(r["device_kind"], "TPU v5")
 
+  def test_estimate_compile_counts_every_matmul(self):
+    # FSDP over 32 chips at the recipe's batch: with XLA's windowed einsum on, the weight-gradient
+    # matmuls sit in collective-matmul loops the cost model counts once (XLA's FLOPs were 0.74x
+    # the model's here); the estimate compiles turn it off.
+    r = compile_for("v5p-64", "configs/finetune.py:llava15_7b", "--config.model.llm.layers=1",
+                    "--config.data.max_images=0", "--config.model.attention=xla")
+    self.assertEqual(r["compiler_options"], aot.ESTIMATE_COMPILER_OPTIONS)
+    self.assertGreaterEqual(r["xla_cost_model_estimate"]["xla_flops_per_model_flop"], 1.0)
+    self.assertNotIn("collective-permute", r["collectives"])
+
   def test_llava15_7b_stage2_fits_v5p8_sharded(self):
     r = compile_for("v5p-8", "configs/finetune.py:llava15_7b", "--config.model.llm.layers=2",
                     "--config.model.dtype=bfloat16", "--config.model.remat=full",
