@@ -318,7 +318,14 @@ def _affine(points: list[tuple[int, float]], layers: int) -> float:
 
 def _memory_at_depth(group: list[dict], full: int) -> dict:
   """Per-chip memory at full depth: a full-depth compile (the scanned one first) if there is one,
-  else the line through the two smallest layer counts, checked against a third if compiled."""
+  else the line through the two smallest layer counts, checked against a third if compiled.
+  Estimate compiles (their compiler options change the program) count only if nothing else does."""
+  as_trained = [r for r in group if not r.get("compiler_options")]
+  if not as_trained:
+    memory = _memory_at_depth([dict(r, compiler_options={}) for r in group], full)
+    memory["source"] += " (estimate compiles, windowed einsum off: not the trained program)"
+    return memory
+  group = as_trained
   by_layers = sorted({r["llm_layers"]: r for r in group}.values(), key=lambda r: r["llm_layers"])
   at_full = [r for r in group if r["llm_layers"] == full]
   if at_full:

@@ -110,6 +110,17 @@ class TableTest(absltest.TestCase):
     rows[1]["xla_cost_model_estimate"]["xla_flops_per_model_flop"] = 1.02
     self.assertNotIn("counted only", aot.format_table(rows))
 
+  def test_memory_comes_from_compiles_of_the_trained_program(self):
+    estimate = [dict(self.result(layers, 50.0 * layers, 0.5 * layers),
+                     compiler_options=aot.ESTIMATE_COMPILER_OPTIONS) for layers in (1, 2)]
+    scanned = self.result(32, 30.0, 0.0, unrolled=False)
+    (row,) = aot.recipe_rows(estimate + [scanned])
+    self.assertAlmostEqual(row["memory"]["total_bytes"], 30.0 * 2**30)
+    self.assertNotIn("predicts", row["memory"]["source"])   # no line through estimate compiles
+    self.assertAlmostEqual(row["xla_cost_model_estimate"]["step_seconds"], 16.0)
+    (alone,) = aot.recipe_rows(estimate)
+    self.assertIn("not the trained program", alone["memory"]["source"])
+
   def test_stages_are_separate_rows(self):
     stage1 = dict(self.result(2, 3.0, 1.0), trained=["projector"])
     self.assertEqual(len(aot.recipe_rows([self.result(2, 3.0, 1.0), stage1])), 2)
