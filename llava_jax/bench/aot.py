@@ -214,7 +214,10 @@ def compile_train(config, tpu_slice: Slice, devices, *, unroll: bool = True) -> 
                 state_bytes_total=state_bytes, memory=memory_summary(compiled.memory_analysis(), tpu_slice),
                 **hlo_summary(compiled.as_text()))
   cost = _cost(compiled)
-  if "optimal_seconds" in cost and unroll:
+  if cost.get("optimal_seconds", 0) <= 0 and unroll:
+    # libtpu 0.0.42 answers a negative time for v4 and v5e: it has no cost model for them.
+    cost["no_estimate"] = f"XLA's cost model returned {cost.get('optimal_seconds')} s"
+  elif unroll:
     # The micro-batch loop body is counted once: scale to the step.
     estimate = cost["optimal_seconds"] * config.train.grad_accum_steps
     cost["step_seconds"] = estimate
@@ -361,10 +364,16 @@ def _memory_at_depth(group: list[dict], full: int) -> dict:
 
 def _estimate_at_depth(group: list[dict], full: int) -> dict | None:
   """XLA's step-time estimate and MFU at full depth from unrolled compiles (None without them)."""
-  by_layers = sorted({r["llm_layers"]: r for r in group if r.get("unrolled", True)
-                      and "step_seconds" in r["xla_cost_model_estimate"]}.values(),
+  unrolled_runs = [r for r in group if r.get("unrolled", True)]
+  by_layers = sorted({r["llm_layers"]: r for r in unrolled_runs
+                      if r["xla_cost_model_estimate"].get("step_seconds", 0) > 0}.values(),
                      key=lambda r: r["llm_layers"])
   if not by_layers:
+    negative = [r for r in unrolled_runs
+                if r["xla_cost_model_estimate"].get("optimal_seconds", 1) <= 0]
+    if negative:  # libtpu 0.0.42 on v4 and v5e
+      return dict(source=f"none: XLA's cost model gives a negative time for "
+                  f"{negative[0].get('device_kind', 'this chip')}")
     return None
   last = by_layers[-1]
   est = last["xla_cost_model_estimate"]
@@ -441,6 +450,8 @@ def format_table(results: list[dict]) -> str:
     m, est = r["memory"], r["xla_cost_model_estimate"]
     if est is None:
       mfu = "-"
+    elif "mfu" not in est:
+      mfu = est["source"]
     elif r["attention"] in UNCOSTED_ATTENTION:
       mfu = f"n/c ({r['attention']} not costed)"
     else:
@@ -451,10 +462,12 @@ def format_table(results: list[dict]) -> str:
     lines.append("| " + " | ".join([
         _model_label(r), _stage(r), r["topology"], r["attention"],
         ",".join(str(r["mesh"].get(k, "?")) for k in ("data", "fsdp", "tensor")),
-        f"{r['batch_size']} x {r['seq_len']} ({r['grad_accum_steps']})",
+        f"{r['batch_size']} x {r['seq_len']} ({r['grad_accum_steps']})"
+        + (f", loss chunk {r['loss_chunk_len']}" if r.get("loss_chunk_len") else ""),
         f"{m['argument_bytes'] / 2**30:.2f}", f"{m['temp_bytes'] / 2**30:.2f}",
         f"{m['total_bytes'] / 2**30:.1f} / {m['capacity_bytes'] / 2**30:.0f}",
-        "yes" if m["fits"] else "**no**", m["source"], mfu, compiles]) + " |")
+        "-" if "not the trained program" in m["source"] else "yes" if m["fits"] else "**no**",
+        m["source"], mfu, compiles]) + " |")
   return "\n".join(lines)
 
 

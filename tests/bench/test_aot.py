@@ -121,6 +121,15 @@ class TableTest(absltest.TestCase):
     (alone,) = aot.recipe_rows(estimate)
     self.assertIn("not the trained program", alone["memory"]["source"])
 
+  def test_a_negative_cost_model_time_gives_no_estimate(self):
+    rows = [self.result(1, 2.0, 0.5), self.result(2, 3.0, 1.0)]
+    for r in rows:  # what libtpu 0.0.42 answers for v4 and v5e
+      r["xla_cost_model_estimate"] = dict(optimal_seconds=-17.9, device_kind="TPU v4")
+      r["device_kind"] = "TPU v4"
+    (row,) = aot.recipe_rows(rows)
+    self.assertNotIn("mfu", row["xla_cost_model_estimate"])
+    self.assertIn("none: XLA's cost model gives a negative time for TPU v4", aot.format_table(rows))
+
   def test_stages_are_separate_rows(self):
     stage1 = dict(self.result(2, 3.0, 1.0), trained=["projector"])
     self.assertEqual(len(aot.recipe_rows([self.result(2, 3.0, 1.0), stage1])), 2)
